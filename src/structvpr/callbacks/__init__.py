@@ -1,0 +1,7 @@
+"""Callbacks: hard-negative mining, sample weighting, student export, retrieval pictures."""
+
+from structvpr.callbacks.export import ExportStudent
+from structvpr.callbacks.mining import HardNegativeMining
+from structvpr.callbacks.weighting import SampleWeighting
+
+__all__ = ["ExportStudent", "HardNegativeMining", "SampleWeighting"]

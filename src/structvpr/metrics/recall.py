@@ -1,0 +1,170 @@
+"""Recall@N for place recognition: a functional core and a DDP-correct torchmetrics Metric."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from structvpr.retrieval.search import Backend, knn, nearest_distance
+
+
+def _check_ns(ns: Sequence[int]) -> tuple[int, ...]:
+    ns = tuple(int(n) for n in ns)
+    if not ns or min(ns) < 1:
+        raise ValueError(f"ns must be positive integers, got {ns}")
+    return tuple(sorted(set(ns)))
+
+
+def first_positive_rank(
+    queries: torch.Tensor, database: torch.Tensor, max_rank: int, *,
+    query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
+    radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
+    backend: Backend = "torch",
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Rank (1-based) of the first true positive among each query's retrieved database items.
+
+    Positives are database items within ``radius`` of the query (from UTM coordinates) or
+    the given per-query index lists.
+
+    Args:
+        queries: ``(Q, D)`` descriptors.
+        database: ``(N, D)`` descriptors.
+        max_rank: Search depth; a query whose first positive lies deeper gets ``max_rank + 1``.
+        query_utm: ``(Q, 2)`` coordinates (with ``database_utm`` and ``radius``).
+        database_utm: ``(N, 2)`` coordinates.
+        radius: Positive radius in metres.
+        positives: Alternatively, the positive database indices of every query.
+        backend: Search backend (see :func:`structvpr.retrieval.search.knn`).
+
+    Returns:
+        ``ranks``: ``(Q,)`` int64 in ``1 .. max_rank + 1``; ``has_positive``: ``(Q,)`` bool,
+        False for queries with no positive in the whole database.
+    """
+    if (positives is None) == (query_utm is None or database_utm is None):
+        raise ValueError("give either positives or both query_utm and database_utm")
+    num_q = queries.shape[0]
+    if num_q == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    retrieved = knn(queries, database, max_rank, backend=backend).cpu()
+    if positives is not None:
+        if len(positives) != num_q:
+            raise ValueError(f"positives has {len(positives)} entries for {num_q} queries")
+        has_positive = torch.tensor([len(p) > 0 for p in positives], dtype=torch.bool)
+        hit = torch.stack([torch.from_numpy(np.isin(r, np.asarray(p, dtype=np.int64)))
+                           for r, p in zip(retrieved.numpy(), positives)])  # fmt: skip
+    else:
+        q_utm = torch.as_tensor(np.asarray(query_utm), dtype=torch.float64)
+        db_utm = torch.as_tensor(np.asarray(database_utm), dtype=torch.float64)
+        if q_utm.shape != (num_q, 2) or db_utm.shape != (database.shape[0], 2):
+            raise ValueError(f"coordinates must be (Q, 2) and (N, 2), got {tuple(q_utm.shape)}, {tuple(db_utm.shape)}")
+        hit = (db_utm[retrieved] - q_utm[:, None]).norm(dim=-1) <= radius
+        has_positive = torch.from_numpy(nearest_distance(q_utm.numpy(), db_utm.numpy()) <= radius)
+    k = retrieved.shape[1]
+    ranks = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full((num_q,), max_rank + 1))
+    # Fewer than max_rank database items: a miss is still max_rank + 1.
+    ranks = torch.where(ranks > k, torch.full_like(ranks, max_rank + 1), ranks)
+    return ranks, has_positive
+
+
+def recall_at_n(
+    queries: torch.Tensor, database: torch.Tensor, ns: Sequence[int] = (1, 5, 10, 20), *,
+    query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
+    radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
+    backend: Backend = "torch",
+) -> dict[str, float]:  # fmt: skip
+    """Fraction of queries with a true positive among their top-N retrieved database items.
+
+    Queries with no positive anywhere in the database are excluded from the denominator
+    and counted in ``num_excluded`` (the convention of the official MSLS protocol; the VG
+    benchmark instead keeps them as failures: multiply by ``num_queries / (num_queries +
+    num_excluded)`` to compare). N larger than the database counts the whole database.
+
+    Returns:
+        ``{"R@1": ..., "R@5": ..., "num_queries": valid count, "num_excluded": count}``.
+    """
+    ns = _check_ns(ns)
+    ranks, valid = first_positive_rank(queries, database, max(ns), query_utm=query_utm,
+                                       database_utm=database_utm, radius=radius,
+                                       positives=positives, backend=backend)  # fmt: skip
+    ranks = ranks[valid]
+    out: dict[str, float] = {}
+    for n in ns:
+        out[f"R@{n}"] = float((ranks <= n).float().mean()) if len(ranks) else float("nan")
+    out["num_queries"] = int(valid.sum())
+    out["num_excluded"] = int((~valid).sum())
+    return out
+
+
+class RecallAtN(Metric):
+    """Recall@N over a database and queries seen in any order, on any number of processes.
+
+    ``update`` takes descriptors with their dataset indices, query flags and UTM
+    coordinates; ``compute`` gathers every process's states, drops the repeats that a
+    distributed sampler pads in (by dataset index), splits database from queries and runs
+    an exact search. Values are fractions in ``[0, 1]``.
+
+    Args:
+        ns: The N of Recall@N.
+        radius: A database image within this many metres of the query is correct.
+        positives: Optional per-query lists of positive database indices (query order);
+            when given they replace the radius rule (frame windows, precomputed GT).
+        backend: ``torch`` (chunked matrix product, fastest on CPU) or ``faiss``.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, ns: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
+                 positives: Sequence[Sequence[int]] | None = None, backend: Backend = "torch",
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.ns = _check_ns(ns)
+        if radius <= 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        self.radius = radius
+        self.positives = positives
+        self.backend: Backend = backend
+        self.add_state("descriptors", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+        self.add_state("is_query", default=[], dist_reduce_fx="cat")
+        self.add_state("utm", default=[], dist_reduce_fx="cat")
+
+    def update(self, descriptors: torch.Tensor, indices: torch.Tensor, is_query: torch.Tensor,
+               utm: torch.Tensor | None = None) -> None:  # fmt: skip
+        """Add a batch.
+
+        Args:
+            descriptors: ``(B, D)``.
+            indices: ``(B,)`` dataset indices (database first, then queries).
+            is_query: ``(B,)`` bool.
+            utm: ``(B, 2)`` coordinates (needed unless ``positives`` was given).
+        """
+        self.descriptors.append(descriptors.detach().float())
+        self.indices.append(torch.as_tensor(indices, device=descriptors.device).long())
+        self.is_query.append(torch.as_tensor(is_query, device=descriptors.device).bool())
+        if utm is None:
+            utm = torch.zeros(descriptors.shape[0], 2, device=descriptors.device)
+        self.utm.append(torch.as_tensor(utm, device=descriptors.device).double())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Recall@N per N, plus ``num_queries`` and ``num_excluded``."""
+        desc, idx = dim_zero_cat(self.descriptors), dim_zero_cat(self.indices)
+        is_q, utm = dim_zero_cat(self.is_query), dim_zero_cat(self.utm)
+        # Keep the first occurrence of each dataset index (DistributedSampler pads repeats).
+        order = torch.argsort(idx, stable=True)
+        idx, desc, is_q, utm = idx[order], desc[order], is_q[order], utm[order]
+        first = torch.ones_like(idx, dtype=torch.bool)
+        first[1:] = idx[1:] != idx[:-1]
+        desc, is_q, utm = desc[first], is_q[first], utm[first]
+        if self.positives is not None:
+            result = recall_at_n(desc[is_q], desc[~is_q], self.ns, positives=self.positives, backend=self.backend)
+        else:
+            result = recall_at_n(desc[is_q], desc[~is_q], self.ns, query_utm=utm[is_q].cpu(),
+                                 database_utm=utm[~is_q].cpu(), radius=self.radius, backend=self.backend)  # fmt: skip
+        return {k: torch.tensor(v, device=self.device) for k, v in result.items()}

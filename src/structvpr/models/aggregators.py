@@ -1,0 +1,97 @@
+"""Aggregators pooling a trunk feature map into one global descriptor: GeM and NetVLAD."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling, ``(B, C, H, W) -> (B, C)``.
+
+    Args:
+        p: Initial exponent (learned); 1 is average pooling, large values approach max.
+        eps: Clamp before the power, for stability.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        if p <= 0:
+            raise ValueError(f"p must be > 0, got {p}")
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def output_dim(self, channels: int) -> int:
+        """Descriptor size for a trunk with ``channels`` output channels."""
+        return channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+
+class NetVLAD(nn.Module):
+    """NetVLAD aggregation, ``(B, C, H, W) -> (B, K * C)`` (intra- then L2-normalised).
+
+    Centroids should be initialised with :meth:`init_clusters` from k-means over trunk
+    features of training images, as in the original NetVLAD.
+
+    Args:
+        num_clusters: K.
+        dim: C, the trunk's output channels.
+        alpha: Softness of the assignment; set from the data by :meth:`init_clusters`.
+    """
+
+    def __init__(self, num_clusters: int = 64, dim: int = 512, alpha: float = 100.0) -> None:
+        super().__init__()
+        if num_clusters < 1 or dim < 1:
+            raise ValueError(f"num_clusters and dim must be >= 1, got {num_clusters}, {dim}")
+        self.num_clusters, self.dim = num_clusters, dim
+        self.conv = nn.Conv2d(dim, num_clusters, kernel_size=1, bias=True)
+        self.centroids = nn.Parameter(torch.rand(num_clusters, dim))
+        self.register_buffer("initialised", torch.tensor(False))
+        self._set_assignment(self.centroids.data, alpha)
+
+    def output_dim(self, channels: int) -> int:
+        """Descriptor size: K times the trunk channels."""
+        return self.num_clusters * channels
+
+    def _set_assignment(self, centroids: torch.Tensor, alpha: float) -> None:
+        self.conv.weight.data.copy_((2.0 * alpha * centroids)[..., None, None])
+        self.conv.bias.data.copy_(-alpha * centroids.norm(dim=1) ** 2)
+
+    @torch.no_grad()
+    def init_clusters(self, features: torch.Tensor, seed: int = 0, niter: int = 25) -> None:
+        """Set centroids by faiss k-means over ``(N, C)`` local features (L2-normalised here).
+
+        ``alpha`` follows the original NetVLAD: ``-log(0.01) / (d1 - d2)`` averaged over
+        features, where ``d1``, ``d2`` are squared distances to the two nearest centroids.
+        """
+        import faiss
+
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(f"features must be (N, {self.dim}), got {tuple(features.shape)}")
+        if features.shape[0] < self.num_clusters:
+            raise ValueError(f"need at least {self.num_clusters} features for k-means, got {features.shape[0]}")
+        x = np.ascontiguousarray(F.normalize(features.float(), dim=1).cpu().numpy())
+        km = faiss.Kmeans(self.dim, self.num_clusters, niter=niter, seed=seed, verbose=False)
+        km.train(x)
+        dists, _ = km.index.search(x, 2)
+        gap = float(np.mean(dists[:, 1] - dists[:, 0]))
+        alpha = -math.log(0.01) / max(gap, 1e-6)
+        centroids = torch.from_numpy(km.centroids).to(self.centroids)
+        self.centroids.data.copy_(centroids)
+        self._set_assignment(centroids, alpha)
+        self.initialised.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        x = F.normalize(x, dim=1)
+        soft = F.softmax(self.conv(x).flatten(2), dim=1)  # (B, K, HW)
+        flat = x.flatten(2)  # (B, C, HW)
+        vlad = torch.einsum("bkn,bcn->bkc", soft, flat) - soft.sum(-1)[..., None] * self.centroids[None]
+        vlad = F.normalize(vlad, dim=2).reshape(b, -1)
+        return F.normalize(vlad, dim=1)

@@ -1,0 +1,54 @@
+"""PlaceEncoder: trunk, aggregator, L2 normalisation and optional PCA-whitening."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structvpr.models.aggregators import GeM, NetVLAD
+from structvpr.models.backbones import build_trunk
+from structvpr.models.pca import PCAWhitening
+
+
+class PlaceEncoder(nn.Module):
+    """Image (or one-hot label map) to an L2-normalised global descriptor.
+
+    Args:
+        in_chans: Input channels: 3 for RGB, G for a one-hot label map.
+        trunk: ``simple`` or a timm model name (``vgg16`` is the paper's conv5_3 trunk).
+        aggregator: ``gem`` or ``netvlad``.
+        num_clusters: K of NetVLAD.
+        pretrained_path: Local weight file for a timm trunk.
+        pca_dim: Output size of PCA-whitening (fitted later by :meth:`fit_pca`), None for none.
+    """
+
+    def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str = "gem",
+                 num_clusters: int = 64, pretrained_path: str | None = None,
+                 pca_dim: int | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if aggregator not in ("gem", "netvlad"):
+            raise ValueError(f"aggregator must be 'gem' or 'netvlad', got {aggregator!r}")
+        self.trunk = build_trunk(trunk, in_chans, pretrained_path)
+        channels = int(self.trunk.out_channels)
+        self.aggregator: GeM | NetVLAD = GeM() if aggregator == "gem" else NetVLAD(num_clusters, channels)
+        self.pooled_dim = self.aggregator.output_dim(channels)
+        self.pca = PCAWhitening(self.pooled_dim, pca_dim) if pca_dim is not None else None
+
+    @property
+    def descriptor_dim(self) -> int:
+        """D, the size of the descriptor :meth:`forward` returns once PCA (if any) is fitted."""
+        return self.pca.out_dim if self.pca is not None else self.pooled_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, C, h, w)`` trunk feature map (also used for re-ranking)."""
+        return self.trunk(x)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, pooled_dim)`` L2-normalised descriptor before PCA."""
+        return F.normalize(self.aggregator(self.features(x)), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, D)`` L2-normalised descriptor."""
+        out = self.pooled(x)
+        return self.pca(out) if self.pca is not None else out

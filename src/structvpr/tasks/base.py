@@ -1,0 +1,189 @@
+"""The LightningModule shared by every StructVPR task: triplet training and Recall@N evaluation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from structvpr.losses import triplet_margin_loss
+from structvpr.metrics.recall import RecallAtN
+from structvpr.models.aggregators import NetVLAD
+from structvpr.models.encoder import PlaceEncoder
+
+
+class VPRTask(pl.LightningModule):
+    """A place encoder trained with the triplet loss and validated by Recall@N.
+
+    Subclasses choose the input (``input_key``: ``image`` or ``label``) and the channels.
+
+    Args:
+        in_chans: Input channels of the encoder.
+        trunk: ``simple`` or a timm name (``vgg16`` is the paper's trunk).
+        aggregator: ``gem`` or ``netvlad``.
+        num_clusters: K of NetVLAD.
+        pretrained_path: Local weight file for a timm trunk (never downloaded).
+        pca_dim: PCA-whitening size, fitted after training (None for none).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        margin: Triplet margin (on L2 distances of normalised descriptors).
+        recall_ns: N of the Recall@N logged as ``val/R@N`` and ``test/R@N``.
+        eval_radius: Metres within which a retrieved database image is correct.
+        kmeans_images: Training images whose trunk features initialise NetVLAD by k-means.
+        search_backend: ``torch`` or ``faiss`` exact search for evaluation.
+    """
+
+    input_key = "image"
+
+    def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str = "gem",
+                 num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = 0.1,
+                 recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
+                 kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
+        super().__init__()
+        for name, value in (("lr", lr), ("margin", margin), ("eval_radius", eval_radius)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if search_backend not in ("torch", "faiss"):
+            raise ValueError(f"search_backend must be 'torch' or 'faiss', got {search_backend!r}")
+        self.save_hyperparameters()
+        self.encoder = PlaceEncoder(in_chans, trunk, aggregator, num_clusters, pretrained_path, pca_dim)
+        self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
+        self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
+        self._train_descriptors: tuple[int, torch.Tensor] | None = None
+        self.test_results: dict[str, float] = {}
+
+    # -- encoding -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, D)`` L2-normalised descriptors."""
+        return self.encoder(x)
+
+    def encode_tuples(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, n, C, H, W) -> (B, n, D)`` descriptors (before PCA) of training tuples."""
+        b, n = x.shape[:2]
+        return self.encoder.pooled(x.flatten(0, 1)).view(b, n, -1)
+
+    @torch.no_grad()
+    def encode_loader(self, loader: Any, encoder: nn.Module | None = None, key: str | None = None) -> torch.Tensor:
+        """Pre-PCA descriptors ``(N, D)`` of every item of an eval loader, in eval mode."""
+        encoder = encoder if encoder is not None else self.encoder
+        key = key or self.input_key
+        was_training = encoder.training
+        encoder.eval()
+        out = [encoder.pooled(batch[key].to(self.device)).cpu() for batch in loader]  # type: ignore[operator]
+        encoder.train(was_training)
+        return torch.cat(out)
+
+    def training_descriptors(self) -> torch.Tensor:
+        """Current descriptors of every training image (database, then queries), ``(N, D)``.
+
+        Computed once per epoch and shared, so hard-negative mining and sample weighting
+        of the same epoch pay for one encoding pass.
+        """
+        epoch = self.current_epoch
+        if self._train_descriptors is None or self._train_descriptors[0] != epoch:
+            loader = self.trainer.datamodule.train_images_dataloader()  # type: ignore[attr-defined]
+            self._train_descriptors = (epoch, self.encode_loader(loader))
+        return self._train_descriptors[1]
+
+    # -- training -----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        agg = self.encoder.aggregator
+        if isinstance(agg, NetVLAD) and not bool(agg.initialised):
+            self._init_netvlad(agg)
+
+    @torch.no_grad()
+    def _init_netvlad(self, agg: NetVLAD, per_image: int = 50) -> None:
+        dataset = self.trainer.datamodule.train_images  # type: ignore[attr-defined]
+        gen = torch.Generator().manual_seed(0)
+        picks = torch.randperm(len(dataset), generator=gen)[: self.hparams.kmeans_images].tolist()
+        was_training = self.encoder.training
+        self.encoder.eval()
+        feats = []
+        for i in picks:
+            fmap = self.encoder.features(dataset[i][self.input_key][None].to(self.device))[0]
+            local = fmap.flatten(1).T  # (hw, C)
+            feats.append(local[torch.randperm(local.shape[0], generator=gen)[:per_image]].cpu())
+        self.encoder.train(was_training)
+        agg.init_clusters(torch.cat(feats))
+        # Every process must start from the same centroids.
+        for p in (agg.centroids, agg.conv.weight, agg.conv.bias):
+            p.data.copy_(self.trainer.strategy.broadcast(p.data, src=0))
+
+    def triplet_loss(self, desc: torch.Tensor) -> torch.Tensor:
+        """``(B, 2 + M, D)`` tuple descriptors to ``(B,)`` triplet losses."""
+        return triplet_margin_loss(desc[:, 0], desc[:, 1], desc[:, 2:], self.hparams.margin)
+
+    def check_finite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """Stop with the epoch and the training-query indices when the loss is NaN or infinite."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}, "
+                f"training queries {batch['index'].tolist()}: lower the learning rate or check the inputs"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.triplet_loss(self.encode_tuples(batch[self.input_key])).mean()
+        self.check_finite(loss, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -- evaluation ---------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_recall.update(self(batch[self.input_key]), batch["index"], batch["is_query"], batch["utm"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_recall(self.val_recall, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_recall.update(self(batch[self.input_key]), batch["index"], batch["is_query"], batch["utm"])
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_recall(self.test_recall, "test")
+        if self.trainer.is_global_zero:
+            self.write_report(self.test_results)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"descriptor": self(batch[self.input_key]), "index": batch["index"]}
+
+    def _log_recall(self, metric: RecallAtN, prefix: str) -> dict[str, float]:
+        result = {k: float(v) for k, v in metric.compute().items()}
+        metric.reset()
+        for key, value in result.items():
+            name = f"{prefix}/{key}"
+            self.log(name, value * 100 if key.startswith("R@") else value, sync_dist=False)
+        return result
+
+    def report_dir(self) -> Path:
+        """Where test reports go: the logger's folder, else the trainer's root folder."""
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        return Path(log_dir or self.trainer.default_root_dir)
+
+    def write_report(self, result: dict[str, float]) -> None:
+        """Write ``test_results.json`` and ``test_results.md`` and print the table."""
+        out = self.report_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        name = type(self).__name__
+        (out / "test_results.json").write_text(json.dumps({"model": name, **result}, indent=2))
+        table = recall_table({name: result})
+        (out / "test_results.md").write_text(table + "\n")
+        print(f"\n{table}\n(written to {out}/test_results.{{json,md}})")
+
+
+def recall_table(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table of Recall@N (in %) with one row per model."""
+    ns = sorted({k for r in rows.values() for k in r if k.startswith("R@")}, key=lambda k: int(k[2:]))
+    lines = ["| model | " + " | ".join(ns) + " | queries | excluded |", "|---" * (len(ns) + 3) + "|"]
+    for name, r in rows.items():
+        cells = [f"{100 * r[n]:.1f}" for n in ns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(r['num_queries'])} | {int(r['num_excluded'])} |")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""SegTeacher: a place encoder whose input is the one-hot structural label map."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from structvpr.tasks.base import VPRTask
+
+
+class SegTeacher(VPRTask):
+    """Place recognition from segmentation label maps (StructVPR step 1).
+
+    Reads the ``label`` key of batches: ``(B, G, H, W)`` one-hot group channels.
+
+    Args:
+        num_groups: G, channels of the one-hot label maps (5 for the default Cityscapes
+            grouping, whose ``dynamic`` group is encoded as zeros).
+        trunk: See :class:`~structvpr.tasks.base.VPRTask`; the trunk's first convolution
+            takes ``num_groups`` channels.
+        aggregator: ``gem`` or ``netvlad``.
+        num_clusters: K of NetVLAD.
+        pretrained_path: Local weight file for a timm trunk.
+        pca_dim: PCA-whitening size (None for none).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        margin: Triplet margin.
+        recall_ns: N of the logged Recall@N.
+        eval_radius: Correct-match radius in metres.
+        kmeans_images: Images used to initialise NetVLAD.
+        search_backend: ``torch`` or ``faiss``.
+    """
+
+    input_key = "label"
+
+    def __init__(self, num_groups: int = 5, trunk: str = "simple", aggregator: str = "gem",
+                 num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = 0.1,
+                 recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
+                 kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
+        super().__init__(num_groups, trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr,
+                         weight_decay, margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
