@@ -1,13 +1,28 @@
 """structvpr: StructVPR visual place recognition with PyTorch Lightning."""
 
-from structvpr.data import ClassGrouping, VPRDataModule
-from structvpr.metrics import RecallAtN
-from structvpr.models import PlaceEncoder
-from structvpr.tasks import SegTeacher, StructVPRDistillation, StructVPRStudent
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClassGrouping", "PlaceEncoder", "RecallAtN", "SegTeacher", "StructVPRDistillation",
-    "StructVPRStudent", "VPRDataModule", "__version__",
-]  # fmt: skip
+# Public names, imported on first use so that loading the RGB student never imports the
+# teacher, the data pipeline or the training callbacks.
+_EXPORTS = {
+    "ClassGrouping": "structvpr.data.labels",
+    "PlaceEncoder": "structvpr.models.encoder",
+    "RecallAtN": "structvpr.metrics.recall",
+    "SegTeacher": "structvpr.tasks.teacher",
+    "StructVPRDistillation": "structvpr.tasks.distill",
+    "StructVPRStudent": "structvpr.tasks.student",
+    "VPRDataModule": "structvpr.data.datamodule",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'structvpr' has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> Any:
     from structvpr.data import VPRDataModule
     from structvpr.tasks import VPRTask
 
+    # `structvpr demo` calls the CLI from Python while sys.argv holds its own arguments.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return LightningCLI(
         VPRTask, VPRDataModule, subclass_mode_model=True, subclass_mode_data=True,
         seed_everything_default=0, save_config_kwargs={"overwrite": True},

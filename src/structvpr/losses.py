@@ -17,6 +17,7 @@ def triplet_margin_loss(query: torch.Tensor, positive: torch.Tensor, negatives: 
 
     Returns:
         ``(B,)`` loss per tuple: ``sum_m max(0, |q - p| - |q - n_m| + margin)``.
+
     """
     d_pos = (query - positive).norm(dim=-1, keepdim=True)  # (B, 1)
     d_neg = (query[:, None] - negatives).norm(dim=-1)  # (B, M)
@@ -32,6 +33,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
     Returns:
         ``(B,)`` mean over the tuple's images of ``|s_i - t_i|^2``.
+
     """
     return (student - teacher.detach()).pow(2).sum(-1).mean(-1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +20,23 @@ ROWS = {
 }
 
 
-def _fit(config: Path, out: Path, overrides: Sequence[str]) -> Any:
+def _run(args: list[str]) -> Any:
+    cli = cli_main(args)
+    # Each stage is its own wandb run: close this one before the next stage starts.
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].finish()
+    return cli
+
+
+def fit_stage(config: Path, out: Path, overrides: Sequence[str]) -> Any:
+    """``structvpr fit`` of one config with its logs and checkpoints under ``out``."""
     args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(out),
             "--trainer.logger.init_args.save_dir", str(out), *overrides]  # fmt: skip
-    return cli_main(args)
+    return _run(args)
 
 
-def _best(cli: Any) -> str:
+def best_checkpoint(cli: Any) -> str:
+    """The best (else last) checkpoint of a finished fit."""
     ckpt = cli.trainer.checkpoint_callback
     path = ckpt.best_model_path or ckpt.last_model_path
     if not path:
@@ -33,11 +44,11 @@ def _best(cli: Any) -> str:
     return str(path)
 
 
-def _test(config: Path, ckpt: str, out: Path, overrides: Sequence[str]) -> dict[str, float]:
+def test_stage(config: Path, ckpt: str, out: Path, overrides: Sequence[str]) -> dict[str, float]:
+    """``structvpr test`` of a checkpoint; returns its Recall@N dict."""
     args = ["test", "--config", str(config), "--ckpt_path", ckpt, "--trainer.default_root_dir", str(out),
             "--trainer.logger.init_args.save_dir", str(out), *overrides]  # fmt: skip
-    cli = cli_main(args)
-    return dict(cli.model.test_results)
+    return dict(_run(args).model.test_results)
 
 
 def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir: str | Path = "runs/demo",
@@ -54,6 +65,7 @@ def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir
 
     Returns:
         ``{"results": {row: recall dict}, "seconds": {stage: wall time}, "checkpoints": {...}}``.
+
     """
     config_dir, out = Path(config_dir), Path(out_dir)
     for name in ("teacher", "baseline", "distill"):
@@ -69,16 +81,16 @@ def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir
         if stage == "distill":
             overrides += [f"--model.init_args.teacher_ckpt={ckpts['teacher']}",
                           f"--model.init_args.student_ckpt={ckpts['baseline']}", *distill_overrides]  # fmt: skip
-        cli = _fit(config_dir / f"{stage}.yaml", out / stage, overrides)
+        cli = fit_stage(config_dir / f"{stage}.yaml", out / stage, overrides)
         if stage == "distill":
             exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
             ckpts[stage] = str(exporter.path)
         else:
-            ckpts[stage] = _best(cli)
+            ckpts[stage] = best_checkpoint(cli)
         # The distilled student is tested as a plain StructVPRStudent from its exported file.
         test_config = config_dir / ("baseline.yaml" if stage == "distill" else f"{stage}.yaml")
         print(f"\n=== {stage}: test ===", flush=True)
-        results[ROWS[stage]] = _test(test_config, ckpts[stage], out / stage / "test", list(data_overrides))
+        results[ROWS[stage]] = test_stage(test_config, ckpts[stage], out / stage / "test", list(data_overrides))
         seconds[stage] = round(time.perf_counter() - start, 1)
     report = {"results": results, "seconds": seconds, "checkpoints": ckpts}
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ class ExportStudent(pl.Callback):
 
     Args:
         filename: Name of the exported file.
+
     """
 
     def __init__(self, filename: str = "student.ckpt") -> None:

@@ -23,6 +23,7 @@ class HardNegativeMining(pl.Callback):
         pool_size: Database images drawn as candidates (None: the whole database).
         every_n_epochs: Refresh period.
         seed: Seed of the random subsets.
+
     """
 
     def __init__(self, query_fraction: float = 1.0, pool_size: int | None = None, every_n_epochs: int = 1,
@@ -95,6 +96,7 @@ def mine_hardest(queries: torch.Tensor, pool: torch.Tensor, pool_ids: np.ndarray
 
     Returns:
         ``(Q, m)`` int64 database ids, hardest first.
+
     """
     dist = torch.cdist(queries.float(), pool.float())
     out = torch.empty(len(queries), m, dtype=torch.long)

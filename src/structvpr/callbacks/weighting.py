@@ -32,6 +32,7 @@ def sample_weights(teacher_ranks: torch.Tensor, student_ranks: torch.Tensor, tau
 
     Returns:
         ``(Q,)`` float32 weights in [0, 1].
+
     """
     r_t, r_s = teacher_ranks.double(), student_ranks.double()
     w = torch.sigmoid(alpha * (r_s.log() - r_t.log()))
@@ -56,10 +57,11 @@ class SampleWeighting(pl.Callback):
         every_n_epochs: Refresh period.
         radius: Metres within which a database image is a true positive.
         seed: Seed of the query subsets.
+
     """
 
     def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100, query_fraction: float = 1.0,
-                 every_n_epochs: int = 1, radius: float = 25.0, seed: int = 0) -> None:  # fmt: skip
+                 every_n_epochs: int = 1, radius: float = 25.0, seed: int = 0, uniform: bool = False) -> None:  # fmt: skip
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if max_rank < tau:
@@ -70,6 +72,7 @@ class SampleWeighting(pl.Callback):
             raise ValueError(f"need every_n_epochs >= 1 and radius > 0, got {every_n_epochs}, {radius}")
         self.tau, self.alpha, self.max_rank = tau, alpha, max_rank
         self.query_fraction, self.every_n_epochs, self.radius, self.seed = query_fraction, every_n_epochs, radius, seed
+        self.uniform = uniform
         self.teacher_ranks: torch.Tensor | None = None
         self.student_ranks: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
@@ -110,6 +113,8 @@ class SampleWeighting(pl.Callback):
             chosen = np.sort(rng.choice(n, max(1, round(self.query_fraction * n)), replace=False))
         self.student_ranks[chosen] = self._ranks(pl_module.training_descriptors(), dataset, chosen)
         weights = sample_weights(self.teacher_ranks, self.student_ranks, self.tau, self.alpha)
+        if self.uniform:
+            weights = torch.ones_like(weights)
         self.weights = trainer.strategy.broadcast(weights, src=0)
         pl_module.set_sample_weights(self.weights)
         self._log(trainer)

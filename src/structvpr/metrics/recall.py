@@ -44,6 +44,7 @@ def first_positive_rank(
     Returns:
         ``ranks``: ``(Q,)`` int64 in ``1 .. max_rank + 1``; ``has_positive``: ``(Q,)`` bool,
         False for queries with no positive in the whole database.
+
     """
     if (positives is None) == (query_utm is None or database_utm is None):
         raise ValueError("give either positives or both query_utm and database_utm")
@@ -86,6 +87,7 @@ def recall_at_n(
 
     Returns:
         ``{"R@1": ..., "R@5": ..., "num_queries": valid count, "num_excluded": count}``.
+
     """
     ns = _check_ns(ns)
     ranks, valid = first_positive_rank(queries, database, max(ns), query_utm=query_utm,
@@ -114,6 +116,7 @@ class RecallAtN(Metric):
         positives: Optional per-query lists of positive database indices (query order);
             when given they replace the radius rule (frame windows, precomputed GT).
         backend: ``torch`` (chunked matrix product, fastest on CPU) or ``faiss``.
+
     """
 
     full_state_update = False
@@ -144,6 +147,7 @@ class RecallAtN(Metric):
             indices: ``(B,)`` dataset indices (database first, then queries).
             is_query: ``(B,)`` bool.
             utm: ``(B, 2)`` coordinates (needed unless ``positives`` was given).
+
         """
         self.descriptors.append(descriptors.detach().float())
         self.indices.append(torch.as_tensor(indices, device=descriptors.device).long())

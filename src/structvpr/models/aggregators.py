@@ -16,6 +16,7 @@ class GeM(nn.Module):
     Args:
         p: Initial exponent (learned); 1 is average pooling, large values approach max.
         eps: Clamp before the power, for stability.
+
     """
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
@@ -43,6 +44,7 @@ class NetVLAD(nn.Module):
         num_clusters: K.
         dim: C, the trunk's output channels.
         alpha: Softness of the assignment; set from the data by :meth:`init_clusters`.
+
     """
 
     def __init__(self, num_clusters: int = 64, dim: int = 512, alpha: float = 100.0) -> None:

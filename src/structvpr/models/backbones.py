@@ -14,6 +14,7 @@ class SimpleCNN(nn.Module):
     Args:
         in_chans: Input channels (3 for RGB, G for one-hot label maps).
         widths: Channels of the four stages; the first three halve the resolution.
+
     """
 
     def __init__(self, in_chans: int = 3, widths: tuple[int, int, int, int] = (16, 32, 64, 128)) -> None:
@@ -46,6 +47,7 @@ class TimmTrunk(nn.Module):
         name: timm model name (``vgg16``, ``resnet18``, ``resnet50``, ...).
         in_chans: Input channels.
         pretrained_path: Local weight file (``.pth``/``.safetensors``) or None for random.
+
     """
 
     def __init__(self, name: str, in_chans: int = 3, pretrained_path: str | None = None) -> None:

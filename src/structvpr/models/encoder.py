@@ -21,6 +21,7 @@ class PlaceEncoder(nn.Module):
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk.
         pca_dim: Output size of PCA-whitening (fitted later by :meth:`fit_pca`), None for none.
+
     """
 
     def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str = "gem",

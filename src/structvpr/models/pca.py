@@ -17,6 +17,7 @@ class PCAWhitening(nn.Module):
         in_dim: D.
         out_dim: Output size, at most D.
         eps: Added to the eigenvalues before whitening.
+
     """
 
     def __init__(self, in_dim: int, out_dim: int, eps: float = 1e-6) -> None:

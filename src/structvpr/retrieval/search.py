@@ -30,6 +30,7 @@ def knn(queries: torch.Tensor, database: torch.Tensor, k: int, backend: Backend 
 
     Returns:
         ``(Q, min(k, N))`` int64 database indices on the queries' device.
+
     """
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(f"need (Q, D) and (N, D) descriptors, got {tuple(queries.shape)} and {tuple(database.shape)}")

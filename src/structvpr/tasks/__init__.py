@@ -1,8 +1,22 @@
 """LightningModules: the seg teacher, the RGB student (baseline) and weighted distillation."""
 
-from structvpr.tasks.base import VPRTask
-from structvpr.tasks.distill import StructVPRDistillation
-from structvpr.tasks.student import StructVPRStudent
-from structvpr.tasks.teacher import SegTeacher
+from __future__ import annotations
 
-__all__ = ["SegTeacher", "StructVPRDistillation", "StructVPRStudent", "VPRTask"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "VPRTask": "structvpr.tasks.base",
+    "SegTeacher": "structvpr.tasks.teacher",
+    "StructVPRStudent": "structvpr.tasks.student",
+    "StructVPRDistillation": "structvpr.tasks.distill",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing the student does not import the teacher.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'structvpr.tasks' has no attribute {name!r}")

@@ -36,6 +36,7 @@ class VPRTask(pl.LightningModule):
         eval_radius: Metres within which a retrieved database image is correct.
         kmeans_images: Training images whose trunk features initialise NetVLAD by k-means.
         search_backend: ``torch`` or ``faiss`` exact search for evaluation.
+
     """
 
     input_key = "image"
@@ -138,14 +139,18 @@ class VPRTask(pl.LightningModule):
         return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # -- evaluation ---------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_recall.update(self(batch[self.input_key]), batch["index"], batch["is_query"], batch["utm"])
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        desc = self(batch[self.input_key])
+        self.val_recall.update(desc, batch["index"], batch["is_query"], batch["utm"])
+        return {"descriptor": desc}
 
     def on_validation_epoch_end(self) -> None:
         self._log_recall(self.val_recall, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_recall.update(self(batch[self.input_key]), batch["index"], batch["is_query"], batch["utm"])
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        desc = self(batch[self.input_key])
+        self.test_recall.update(desc, batch["index"], batch["is_query"], batch["utm"])
+        return {"descriptor": desc}
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._log_recall(self.test_recall, "test")
@@ -153,14 +158,16 @@ class VPRTask(pl.LightningModule):
             self.write_report(self.test_results)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"descriptor": self(batch[self.input_key]), "index": batch["index"]}
+        if self.input_key not in batch:
+            raise KeyError(f"{type(self).__name__} reads batch[{self.input_key!r}], which this dataset does not give")
+        return {"descriptor": self(batch[self.input_key]).cpu(), "index": batch["index"].cpu()}
 
     def _log_recall(self, metric: RecallAtN, prefix: str) -> dict[str, float]:
         result = {k: float(v) for k, v in metric.compute().items()}
         metric.reset()
         for key, value in result.items():
             name = f"{prefix}/{key}"
-            self.log(name, value * 100 if key.startswith("R@") else value, sync_dist=False)
+            self.log(name, value * 100 if key.startswith("R@") else value, prog_bar=key == "R@1")
         return result
 
     def report_dir(self) -> Path:

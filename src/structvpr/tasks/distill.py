@@ -45,6 +45,7 @@ class StructVPRDistillation(StructVPRStudent):
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``torch`` or ``faiss``.
+
     """
 
     def __init__(self, teacher_ckpt: str, student_ckpt: str | None = None, distill_weight: float = 1.0,

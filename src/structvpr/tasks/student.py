@@ -34,6 +34,7 @@ class StructVPRStudent(VPRTask):
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``torch`` or ``faiss``.
+
     """
 
     input_key = "image"
@@ -57,6 +58,7 @@ class StructVPRStudent(VPRTask):
 
         Returns:
             ``(B, D)`` L2-normalised descriptors on the model's device.
+
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
@@ -82,7 +84,9 @@ class StructVPRStudent(VPRTask):
         state = {f"encoder.{k}": v.detach().cpu() for k, v in self.encoder.state_dict().items()}
         checkpoint = {
             "state_dict": state,
-            StructVPRStudent.CHECKPOINT_HYPER_PARAMS_KEY: self.student_hparams(),
+            # _class_path lets `structvpr test --ckpt_path` rebuild the right class.
+            StructVPRStudent.CHECKPOINT_HYPER_PARAMS_KEY: {
+                **self.student_hparams(), "_class_path": "structvpr.tasks.StructVPRStudent"},
             "pytorch-lightning_version": pl.__version__,
         }
         tmp = path.with_name(f".{path.name}.tmp")

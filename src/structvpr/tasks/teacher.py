@@ -28,6 +28,7 @@ class SegTeacher(VPRTask):
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``torch`` or ``faiss``.
+
     """
 
     input_key = "label"

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from structvpr.callbacks import PredictionWriter, RetrievalPictures
+from structvpr.callbacks.pictures import recall_curve, retrieval_grid
+from structvpr.data import VPRDataModule
+from structvpr.tasks import StructVPRStudent
+
+
+def _trainer(tmp_path, callbacks):
+    return pl.Trainer(accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path), enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path)
+
+
+def test_grid_colours_follow_correctness(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((10, 20, 3), 128, dtype=np.uint8)).save(p)
+        paths.append(p)
+    grid = np.array(retrieval_grid([paths[0]], [[paths[1], paths[2]]], np.array([[True, False]]), border=3))
+    tile_w = 20 + 6 + 6  # image + border + spacing
+    assert tuple(grid[0, 0]) == (255, 255, 255)  # query framed white
+    assert tuple(grid[0, tile_w]) == (40, 200, 60)  # first result correct: green
+    assert tuple(grid[0, 2 * tile_w]) == (220, 40, 40)  # second wrong: red
+
+
+def test_recall_curve_writes_png(tmp_path):
+    recall_curve(torch.tensor([1, 2, 30]), 10, tmp_path / "curve.png")
+    assert Image.open(tmp_path / "curve.png").size[0] > 100
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_test_run_writes_pictures(tiny_world, tmp_path):
+    pics = RetrievalPictures(num_queries=4, top_k=3, failures_only=True)
+    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), synthetic_preset=None, with_labels=False)
+    _trainer(tmp_path, [pics]).test(StructVPRStudent(), datamodule=dm)
+    names = sorted(p.name for p in pics.saved)
+    assert names == ["recall_curve_test.png", "retrieval_test.png"]
+    grid = Image.open(pics.saved[0])
+    assert grid.height > 0
+
+
+def test_predict_on_plain_folders_writes_msls_format(tiny_world, tmp_path):
+    db_dir, q_dir = tmp_path / "db", tmp_path / "q"
+    db_dir.mkdir()
+    q_dir.mkdir()
+    src = sorted((tiny_world / "images/test/database").iterdir())[:6]
+    for i, p in enumerate(src):
+        Image.open(p).save(db_dir / f"db_{i:03d}.jpg")
+        if i < 2:
+            Image.open(p).save(q_dir / f"query_{i}.jpg")
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"), top_k=3)
+    dm = VPRDataModule(root=str(tmp_path / "unused"), image_size=(32, 64), predict_database=str(db_dir),
+                       predict_queries=str(q_dir), synthetic_preset=None)
+    model = StructVPRStudent()
+    _trainer(tmp_path, [writer]).predict(model, datamodule=dm)
+    rows = (tmp_path / "out/predictions.txt").read_text().splitlines()
+    assert len(rows) == 2
+    first = rows[0].split()
+    assert first[0] == "query_0" and len(first) == 4 and all(k.startswith("db_") for k in first[1:])
+    # a query identical to a database image (same pixels up to JPEG) retrieves it first
+    assert first[1] == "db_000"
+    db = np.load(tmp_path / "out/database_descriptors.npy")
+    assert db.shape == (6, model.encoder.descriptor_dim)
+    np.testing.assert_allclose(np.linalg.norm(db, axis=1), 1.0, rtol=1e-5)
+
+
+def test_predict_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="give both predict_database and predict_queries"):
+        VPRDataModule(root=str(tmp_path), predict_database=str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    dm = VPRDataModule(root=str(tmp_path), predict_database=str(tmp_path / "empty"),
+                       predict_queries=str(tmp_path / "missing"), synthetic_preset=None)
+    with pytest.raises(ValueError, match="empty: holds no .jpg"):
+        dm.setup("predict")

@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from structvpr.data import synthetic
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A tiny synthetic world (32x64 images), generated once per test session."""
+    root = tmp_path_factory.mktemp("world") / "tiny"
+    synthetic.generate(root, "tiny", seed=0, label_noise=0.2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    os.environ.setdefault("WANDB_MODE", "offline")

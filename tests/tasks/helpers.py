@@ -1,0 +1,39 @@
+"""Helpers shared by the task tests (also imported by subprocess runs through PYTHONPATH)."""
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from structvpr.data import VPRDataModule
+
+
+class RecordWeights(pl.Callback):
+    """Records the module's sample weights when training starts and at every epoch start."""
+
+    def __init__(self, out_dir: str | None = None) -> None:
+        self.out_dir = out_dir
+        self.at_train_start: torch.Tensor | None = None
+        self.per_epoch: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.at_train_start = pl_module.sample_weights.detach().clone()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.per_epoch.append(pl_module.sample_weights.detach().clone())
+
+    def on_train_end(self, trainer, pl_module):
+        if self.out_dir is not None:
+            Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+            torch.save(torch.stack(self.per_epoch), Path(self.out_dir) / f"weights_rank{trainer.global_rank}.pt")
+
+
+def _dm(root, **kw):
+    return VPRDataModule(root=str(root), image_size=(32, 64), batch_size=4, eval_batch_size=32,
+                         num_negatives=3, synthetic_preset=None, **kw)
+
+
+def _trainer(tmp, epochs=1, callbacks=(), **kw):
+    return pl.Trainer(max_epochs=epochs, limit_train_batches=2, accelerator="cpu", logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      default_root_dir=str(tmp), callbacks=list(callbacks), **kw)

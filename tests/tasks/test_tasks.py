@@ -1,0 +1,131 @@
+import subprocess
+import sys
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from structvpr.callbacks import ExportStudent, HardNegativeMining, SampleWeighting
+from structvpr.tasks import StructVPRDistillation, StructVPRStudent
+from tests.tasks.helpers import RecordWeights, _dm, _trainer
+
+
+def test_teacher_is_frozen_and_not_optimised(trained, tiny_world, tmp_path):
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    trainer = _trainer(tmp_path, epochs=2, callbacks=[SampleWeighting()], enable_checkpointing=False)
+    trainer.fit(model, datamodule=_dm(tiny_world))
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k  # weights and BatchNorm statistics
+    assert any(not torch.equal(v, student_before[k]) for k, v in model.encoder.state_dict().items())
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in model.teacher.parameters()}
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+
+
+def test_teacher_cache_equals_running_the_teacher(trained, tiny_world):
+    dm = _dm(tiny_world, augment=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
+    cache = model.encode_loader(dm.train_images_dataloader(), model.teacher, key="label")
+    with torch.no_grad():
+        online = model.teacher.pooled(batch["label"].flatten(0, 1)).view(*batch["image_index"].shape, -1)
+    torch.testing.assert_close(cache[batch["image_index"]], online, atol=1e-5, rtol=1e-4)
+
+
+def test_weights_and_callback_state_survive_checkpoint_and_resume(trained, tiny_world, tmp_path):
+    weighting = SampleWeighting(tau=3)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    _trainer(tmp_path, epochs=2, callbacks=[HardNegativeMining(), weighting, ckpt_cb]).fit(model, datamodule=_dm(tiny_world))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("SampleWeighting"))
+    assert torch.equal(state["weights"], weighting.weights)
+    assert torch.equal(saved["state_dict"]["sample_weights"], weighting.weights)
+    mining_state = next(v for k, v in saved["callbacks"].items() if k.startswith("HardNegativeMining"))
+    assert mining_state["refreshes"] == 2
+
+    resumed_weighting = SampleWeighting(tau=3)
+    recorder = RecordWeights()
+    resumed = StructVPRDistillation(teacher_ckpt=trained["teacher"])
+    dm = _dm(tiny_world)
+    _trainer(tmp_path, epochs=3, callbacks=[HardNegativeMining(), resumed_weighting, recorder]).fit(
+        resumed, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(recorder.at_train_start, state["weights"])
+    assert torch.equal(resumed_weighting.teacher_ranks, state["teacher_ranks"])
+    assert len(recorder.per_epoch) == 1  # only epoch 2 ran
+
+
+def test_exported_student_loads_in_a_fresh_process_without_the_teacher(trained, tiny_world, tmp_path):
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    exporter = ExportStudent()
+    _trainer(tmp_path, callbacks=[exporter], enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
+    assert exporter.path is not None and exporter.path.is_file()
+    images = torch.randn(5, 3, 32, 64)
+    torch.save(images, tmp_path / "images.pt")
+    expected = model.encode(images)
+    script = (
+        "import sys, torch\n"
+        "from structvpr import StructVPRStudent\n"
+        f"m = StructVPRStudent.load_from_checkpoint({str(exporter.path)!r}, map_location='cpu')\n"
+        f"d = m.encode(torch.load({str(tmp_path / 'images.pt')!r}))\n"
+        "assert not any(n in sys.modules for n in ('structvpr.tasks.teacher', 'structvpr.tasks.distill', 'structvpr.data'))\n"
+        f"torch.save(d, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    got = torch.load(tmp_path / "out.pt")
+    assert got.shape == (5, model.encoder.descriptor_dim)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(5))
+
+
+def test_size_mismatch_is_caught_at_construction(trained):
+    with pytest.raises(ValueError, match="teacher descriptors have 128 dimensions but the student's have 2048"):
+        StructVPRDistillation(teacher_ckpt=trained["teacher"], aggregator="netvlad")
+    with pytest.raises(FileNotFoundError, match="teacher_ckpt: nowhere.ckpt does not exist"):
+        StructVPRDistillation(teacher_ckpt="nowhere.ckpt")
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_world, tmp_path):
+    model = StructVPRStudent()
+    model.encoder.trunk.register_forward_hook(lambda m, i, o: o * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 0, step 0, training queries \["):
+        _trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
+
+
+def test_netvlad_is_initialised_by_kmeans_at_fit_start(tiny_world, tmp_path):
+    model = StructVPRStudent(aggregator="netvlad", num_clusters=4, kmeans_images=10)
+    assert not bool(model.encoder.aggregator.initialised)
+    _trainer(tmp_path, enable_checkpointing=False, limit_val_batches=1).fit(model, datamodule=_dm(tiny_world))
+    assert bool(model.encoder.aggregator.initialised)
+    assert model.encoder.descriptor_dim == 4 * 128
+
+
+def test_student_encode_checks_its_input():
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, H, W\)"):
+        StructVPRStudent().encode(torch.zeros(2, 5, 8, 8))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_gives_identical_weights_on_every_rank(trained, tiny_world, tmp_path, repo_root):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
+    args = [sys.executable, "-m", "structvpr", "fit", "--config", str(repo_root / "lightning_configs/synthetic/distill.yaml"),
+            f"--data.init_args.root={tiny_world}", "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
+            f"--model.init_args.teacher_ckpt={trained['teacher']}",
+            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+            "--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=tests.tasks.helpers.RecordWeights",
+            f"--trainer.callbacks.out_dir={tmp_path / 'weights'}"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(tmp_path / "weights" / "weights_rank0.pt")
+    w1 = torch.load(tmp_path / "weights" / "weights_rank1.pt")
+    assert w0.shape[0] == 2  # two epochs, weights refreshed at each start
+    assert torch.equal(w0, w1)
+    assert (w0 != 1).any()  # really set by SampleWeighting, not the all-ones default

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb
+
+from structvpr.cli import cli_main, main
+
+TINY = ["--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+def test_python_m_structvpr_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "structvpr", "--help"], capture_output=True, text=True, check=True)
+    for word in ("fit", "validate", "test", "predict", "synth", "demo"):
+        assert word in out.stdout
+
+
+def test_synth_command_writes_a_world(tmp_path, capsys):
+    main(["synth", "--root", str(tmp_path / "w"), "--preset", "tiny", "--seed", "1", "--label-noise", "0.2"])
+    assert (tmp_path / "w" / "manifest.json").is_file()
+    out = capsys.readouterr().out
+    assert "preset tiny, seed 1, label noise 0.2" in out
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tiny_world, tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("cli-teacher")
+    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
+                    f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={out}",
+                    "--trainer.logger=false", *TINY])
+    path = cli.trainer.checkpoint_callback.best_model_path
+    assert Path(path).is_file()
+    return path
+
+
+def test_teacher_config_trains(teacher_ckpt):
+    assert teacher_ckpt.endswith(".ckpt")
+
+
+def test_baseline_config_trains_with_offline_wandb_and_tests(tiny_world, tmp_path, repo_root, capsys):
+    cfg = str(repo_root / "lightning_configs/synthetic/baseline.yaml")
+    common = [f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY]
+    cli = cli_main(["fit", "--config", cfg, *common])
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    assert (tmp_path / "wandb").is_dir()  # offline run files, no network
+    wandb.finish()
+    test = cli_main(["test", "--config", cfg, "--ckpt_path", ckpt, *common])
+    assert set(test.model.test_results) == {"R@1", "R@5", "R@10", "R@20", "num_queries", "num_excluded"}
+    reports = list(tmp_path.rglob("test_results.md"))
+    assert reports and "| StructVPRStudent |" in reports[0].read_text()
+
+
+def test_distill_config_trains_and_exports(tiny_world, tmp_path, repo_root, teacher_ckpt):
+    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/distill.yaml"),
+                    f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path}",
+                    f"--model.init_args.teacher_ckpt={teacher_ckpt}", "--trainer.logger=false", *TINY])
+    exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
+    assert exporter.path.is_file()
+    weighting = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SampleWeighting")
+    counts = sum(weighting.last_stats[f"weighting/{g}_count"] for g in ("noisy", "teachable", "consistent"))
+    assert counts == len(cli.datamodule.train_dataset)
+
+
+@pytest.mark.parametrize("stage", ["teacher", "baseline", "distill"])
+def test_paper_configs_parse(stage, repo_root, tmp_path):
+    cfg = repo_root / f"lightning_configs/paper/{stage}.yaml"
+    out = subprocess.run([sys.executable, "-m", "structvpr", "fit", "--config", str(cfg), "--print_config"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "vgg16" in out.stdout and "netvlad" in out.stdout
