@@ -57,7 +57,7 @@ def main() -> None:
             "distill_online": StructVPRDistillation(teacher_ckpt=teacher_ckpt, cache_teacher=False),
         }
     cache_seconds = None
-    for name, model in models.items():
+    for model in models.values():
         model.log = lambda *args, **kwargs: None  # outside a Trainer loop there is nowhere to log
         model.train()
         if isinstance(model, StructVPRDistillation):
