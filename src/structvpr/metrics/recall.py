@@ -160,15 +160,18 @@ class RecallAtN(Metric):
         """Recall@N per N, plus ``num_queries`` and ``num_excluded``."""
         desc, idx = dim_zero_cat(self.descriptors), dim_zero_cat(self.indices)
         is_q, utm = dim_zero_cat(self.is_query), dim_zero_cat(self.utm)
-        # Keep the first occurrence of each dataset index (DistributedSampler pads repeats).
+        # Keep the first occurrence of each dataset index (DistributedSampler pads repeats),
+        # in index order; gather each descriptor once, straight into its database/query block.
         order = torch.argsort(idx, stable=True)
-        idx, desc, is_q, utm = idx[order], desc[order], is_q[order], utm[order]
-        first = torch.ones_like(idx, dtype=torch.bool)
-        first[1:] = idx[1:] != idx[:-1]
-        desc, is_q, utm = desc[first], is_q[first], utm[first]
+        sorted_idx = idx[order]
+        first = torch.ones_like(sorted_idx, dtype=torch.bool)
+        first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+        keep = order[first]
+        q_pos, db_pos = keep[is_q[keep]], keep[~is_q[keep]]
+        queries, database = desc[q_pos], desc[db_pos]
         if self.positives is not None:
-            result = recall_at_n(desc[is_q], desc[~is_q], self.ns, positives=self.positives, backend=self.backend)
+            result = recall_at_n(queries, database, self.ns, positives=self.positives, backend=self.backend)
         else:
-            result = recall_at_n(desc[is_q], desc[~is_q], self.ns, query_utm=utm[is_q].cpu(),
-                                 database_utm=utm[~is_q].cpu(), radius=self.radius, backend=self.backend)  # fmt: skip
+            result = recall_at_n(queries, database, self.ns, query_utm=utm[q_pos].cpu(), database_utm=utm[db_pos].cpu(),
+                                 radius=self.radius, backend=self.backend)  # fmt: skip
         return {k: torch.tensor(v, device=self.device) for k, v in result.items()}
