@@ -10,6 +10,7 @@ from typing import Any
 
 EXTRA_COMMANDS = """structvpr also has:
   synth   generate the synthetic place world   (structvpr synth --help)
+  segment write label maps with a local segmentation network (structvpr segment --help)
   demo    run the whole StructVPR pipeline      (structvpr demo --help)
 """
 
@@ -50,6 +51,10 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "synth":
         synth_main(argv[1:])
+    elif argv and argv[0] == "segment":
+        from structvpr.segment import segment_main
+
+        segment_main(argv[1:])
     elif argv and argv[0] == "demo":
         from structvpr.pipeline import pipeline_main
 
