@@ -57,6 +57,7 @@ class TorchvisionSegmenter(torch.nn.Module):
         name: Model builder in ``torchvision.models.segmentation``.
         num_classes: Output classes of the checkpoint (19 Cityscapes, 150 ADE20K).
         weights_path: Local ``state_dict`` file, or None for random weights (tests only).
+
     """  # noqa: D205
 
     def __init__(self, name: str, num_classes: int, weights_path: str | None) -> None:
@@ -118,6 +119,7 @@ def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, dev
 
     Returns:
         ``{"written": [...], "skipped": [...], "failed": ["path: reason", ...]}``.
+
     """
     from tqdm import tqdm
 
