@@ -2,7 +2,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import pytorch_lightning as pl
 
 from structvpr.callbacks import HardNegativeMining

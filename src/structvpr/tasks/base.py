@@ -147,6 +147,14 @@ class VPRTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_recall(self.val_recall, "val")
 
+    def on_test_start(self) -> None:
+        # A named benchmark brings its own threshold (frames for Nordland) or ground truth.
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "test_positives", None) is not None:
+            self.test_recall.positives = dm.test_positives
+        if dm is not None and getattr(dm.hparams, "test_benchmark", None) is not None:
+            self.test_recall.radius = dm.test_radius
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         desc = self(batch[self.input_key])
         self.test_recall.update(desc, batch["index"], batch["is_query"], batch["utm"])
@@ -180,7 +188,12 @@ class VPRTask(pl.LightningModule):
         out = self.report_dir()
         out.mkdir(parents=True, exist_ok=True)
         name = type(self).__name__
-        (out / "test_results.json").write_text(json.dumps({"model": name, **result}, indent=2))
+        dm = getattr(self.trainer, "datamodule", None)
+        bench = getattr(getattr(dm, "hparams", None), "test_benchmark", None)
+        if bench is not None:
+            name = f"{name} on {bench}"
+        notes = list(getattr(dm, "test_notes", []) or [])
+        (out / "test_results.json").write_text(json.dumps({"model": name, **result, "notes": notes}, indent=2))
         table = recall_table({name: result})
         (out / "test_results.md").write_text(table + "\n")
         print(f"\n{table}\n(written to {out}/test_results.{{json,md}})")
