@@ -49,6 +49,11 @@ class PlaceEncoder(nn.Module):
         """``(B, C_in, H, W) -> (B, pooled_dim)`` L2-normalised descriptor before PCA."""
         return F.normalize(self.aggregator(self.features(x)), dim=-1)
 
+    def describe(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The :meth:`forward` descriptor from an already computed feature map ``(B, C, h, w)``."""
+        out = F.normalize(self.aggregator(fmap), dim=-1)
+        return self.pca(out) if self.pca is not None else out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W) -> (B, D)`` L2-normalised descriptor."""
         out = self.pooled(x)

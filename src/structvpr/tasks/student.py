@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ class StructVPRStudent(VPRTask):
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``torch`` or ``faiss``.
+        rerank_top_k: When set, ``test`` also re-ranks the top-K global candidates by verified
+            local matches (:mod:`structvpr.retrieval.rerank`) and reports both stages with their
+            per-query latency. Single process only.
 
     """
 
@@ -43,9 +48,73 @@ class StructVPRStudent(VPRTask):
                  pretrained_path: str | None = None, pca_dim: int | None = None, lr: float = 1e-3,
                  weight_decay: float = 1e-4, margin: float = 0.1,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
+                 kmeans_images: int = 200, search_backend: str = "torch",
+                 rerank_top_k: int | None = None) -> None:  # fmt: skip
         super().__init__(3, trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr,
                          weight_decay, margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
+        if rerank_top_k is not None and rerank_top_k < 1:
+            raise ValueError(f"rerank_top_k must be >= 1 or None, got {rerank_top_k}")
+        self.rerank_top_k = rerank_top_k
+        self._rerank_state: dict[str, Any] | None = None
+        self.rerank_results: dict[str, dict[str, float]] = {}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        if not self.rerank_top_k:
+            return super().test_step(batch, batch_idx)
+        from structvpr.retrieval.rerank import LocalFeatureStore, local_features
+
+        fmap = self.encoder.features(batch["image"])
+        desc = self.encoder.describe(fmap)
+        self.test_recall.update(desc, batch["index"], batch["is_query"], batch["utm"])
+        if self._rerank_state is None:
+            if self.trainer.world_size > 1:
+                raise RuntimeError("re-ranking runs in one process: test with --trainer.devices 1")
+            n = len(self.trainer.datamodule.test_dataset)  # type: ignore[attr-defined]
+            store = LocalFeatureStore.create(self.report_dir() / "local_features.npy", n, tuple(fmap.shape[-2:]),
+                                             fmap.shape[1], tuple(batch["image"].shape[-2:]))  # fmt: skip
+            self._rerank_state = {"store": store, "desc": [], "index": []}
+        state = self._rerank_state
+        state["store"].write(batch["index"], local_features(fmap))
+        state["desc"].append(desc.cpu())
+        state["index"].append(batch["index"].cpu())
+        return {"descriptor": desc}
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self._rerank_state is not None:
+            self.rerank_results = self._two_stage_report(self._rerank_state)
+            self._rerank_state = None
+
+    def _two_stage_report(self, state: dict[str, Any]) -> dict[str, dict[str, float]]:
+        from structvpr.retrieval.rerank import rerank
+        from structvpr.retrieval.search import knn, nearest_distance
+        from structvpr.tasks.base import recall_table
+
+        store = state["store"]
+        store.flush()
+        dataset = self.trainer.datamodule.test_dataset  # type: ignore[attr-defined]
+        desc = torch.cat(state["desc"])[torch.argsort(torch.cat(state["index"]))]
+        n_db, utm, radius = dataset.num_database, dataset.utm, self.test_recall.radius
+        start = time.perf_counter()
+        candidates = knn(desc[n_db:], desc[:n_db], self.rerank_top_k)  # type: ignore[arg-type]
+        global_ms = (time.perf_counter() - start) * 1000 / max(1, len(candidates))
+        start = time.perf_counter()
+        # Database rows come first in the store, so database ids index it directly.
+        reranked, _ = rerank([store[n_db + q] for q in range(len(candidates))], store, candidates)
+        rerank_ms = (time.perf_counter() - start) * 1000 / max(1, len(candidates))
+        valid = torch.from_numpy(nearest_distance(utm[n_db:].numpy(), utm[:n_db].numpy()) <= radius)
+        out = {}
+        for name, order, ms in (("global", candidates, global_ms), ("re-ranked", reranked, global_ms + rerank_ms)):
+            hit = (utm[:n_db][order] - utm[n_db:][:, None]).norm(dim=-1) <= radius
+            row = {f"R@{n}": float(hit[:, :n].any(1)[valid].float().mean()) for n in self.test_recall.ns}
+            out[name] = {**row, "ms_per_query": round(ms, 3), "num_queries": int(valid.sum()),
+                         "num_excluded": int((~valid).sum())}  # fmt: skip
+        if self.trainer.is_global_zero:
+            table = recall_table({f"{k} (top {self.rerank_top_k})": v for k, v in out.items()})
+            latency = ", ".join(f"{k} {v['ms_per_query']:.2f} ms/query" for k, v in out.items())
+            (self.report_dir() / "rerank_results.json").write_text(json.dumps(out, indent=2))
+            print(f"\n{table}\nlatency (search + re-ranking, after encoding): {latency}")
+        return out
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -93,3 +162,4 @@ class StructVPRStudent(VPRTask):
         torch.save(checkpoint, tmp)
         tmp.replace(path)
         return path
+
