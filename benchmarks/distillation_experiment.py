@@ -64,6 +64,17 @@ def run_one(config_dir: Path, out: Path, seed: int, noise: float, split: str, ov
     return {"results": results, "weighting_stats": stats}
 
 
+def collect_one(out: Path) -> dict | None:
+    """Results of a finished run from its test reports (None when a stage is missing)."""
+    results = {}
+    for row in ROWS:
+        reports = sorted((out / row / "test").rglob("test_results.json"))
+        if not reports:
+            return None
+        results[row] = json.loads(reports[-1].read_text())
+    return {"results": results, "weighting_stats": {}}
+
+
 def summarise(runs: list[dict]) -> dict:
     table = {}
     for noise in sorted({r["label_noise"] for r in runs}):
@@ -96,6 +107,8 @@ def main() -> None:
     parser.add_argument("--configs", default="lightning_configs/synthetic")
     parser.add_argument("--work", default="runs/experiment")
     parser.add_argument("--out", default=None, help="JSON result (default benchmarks/results/distillation_<split>.json)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: summarise the runs already finished under --work")
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides for every stage")
     ns, rest = parser.parse_known_args()
     runs = []
@@ -103,7 +116,13 @@ def main() -> None:
     for noise in ns.label_noise:
         for seed in ns.seeds:
             out = Path(ns.work) / f"noise{noise}_seed{seed}"
-            result = run_one(Path(ns.configs), out, seed, noise, ns.split, [*ns.overrides, *rest])
+            if ns.collect:
+                result = collect_one(out)
+                if result is None:
+                    print(f"{out}: not finished, left out of the summary")
+                    continue
+            else:
+                result = run_one(Path(ns.configs), out, seed, noise, ns.split, [*ns.overrides, *rest])
             runs.append({"label_noise": noise, "seed": seed, **result})
             print(json.dumps({"label_noise": noise, "seed": seed,
                               **{k: round(100 * v["R@1"], 1) for k, v in result["results"].items()}}), flush=True)
