@@ -106,7 +106,9 @@ class StructVPRStudent(VPRTask):
         out = {}
         for name, order, ms in (("global", candidates, global_ms), ("re-ranked", reranked, global_ms + rerank_ms)):
             hit = (utm[:n_db][order] - utm[n_db:][:, None]).norm(dim=-1) <= radius
-            row = {f"R@{n}": float(hit[:, :n].any(1)[valid].float().mean()) for n in self.test_recall.ns}
+            # N beyond K is not defined for a top-K list.
+            ns = [n for n in self.test_recall.ns if n <= order.shape[1]]
+            row = {f"R@{n}": float(hit[:, :n].any(1)[valid].float().mean()) for n in ns}
             out[name] = {**row, "ms_per_query": round(ms, 3), "num_queries": int(valid.sum()),
                          "num_excluded": int((~valid).sum())}  # fmt: skip
         if self.trainer.is_global_zero:
