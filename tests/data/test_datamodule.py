@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from structvpr.data import VPRDataModule

@@ -4,7 +4,12 @@ from PIL import Image
 from scipy.io import savemat
 
 from structvpr.data.formats import (
-    TOKYO_TM_FIELDS, read_gsv_cities, read_mat_dbstruct, read_msls, read_npy_gt, read_patchnetvlad,
+    TOKYO_TM_FIELDS,
+    read_gsv_cities,
+    read_mat_dbstruct,
+    read_msls,
+    read_npy_gt,
+    read_patchnetvlad,
 )
 from structvpr.data.vg import DatasetLayoutError
 
