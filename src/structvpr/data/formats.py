@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structvpr.data.vg import DatasetLayoutError, ImageRecord, read_split
+from structvpr.data.vg import DatasetLayoutError, ImageRecord, label_path_for, read_split
 
 #: Field positions in ``dbStruct`` of the Pittsburgh 30k/250k ``.mat`` files (NetVLAD).
 PITTS_FIELDS = {"db_images": 1, "db_utm": 2, "q_images": 3, "q_utm": 4, "pos_radius": 7}
@@ -45,21 +45,9 @@ class SplitManifest:
     notes: list[str] = field(default_factory=list)
 
 
-def label_path(root: Path, image: Path) -> Path | None:
-    """The label map of ``image`` under ``<root>/labels/`` (PNG), or None when absent."""
-    try:
-        rel = image.relative_to(root)
-    except ValueError:
-        return None
-    if rel.parts and rel.parts[0] == "images":
-        rel = Path(*rel.parts[1:])
-    path = (root / "labels" / rel).with_suffix(".png")
-    return path if path.is_file() else None
-
-
 def _record(root: Path, rel: str | Path, utm: tuple[float, float], note: str = "") -> ImageRecord:
     path = root / rel
-    return ImageRecord(path=path, utm=(float(utm[0]), float(utm[1])), label_path=label_path(root, path), note=note)
+    return ImageRecord(path=path, utm=(float(utm[0]), float(utm[1])), label_path=label_path_for(path, root), note=note)
 
 
 def _check_files(records: list[ImageRecord], source: Path) -> None:

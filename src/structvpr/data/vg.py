@@ -72,13 +72,19 @@ def _listing(folder: Path, root: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def label_path_for(image: Path, root: Path) -> Path:
-    """Where the label map of ``image`` lives (it may not exist)."""
-    rel = image.relative_to(root / "images")
-    direct = root / "labels" / rel
-    if direct.suffix.lower() != ".png" and not direct.exists():
-        return direct.with_suffix(".png")
-    return direct
+def label_path_for(image: Path, root: Path) -> Path | None:
+    """The label map of ``image``: ``<root>/labels/<path under root/images (or root)>``, same
+    suffix or ``.png``; None when neither exists."""  # noqa: D205
+    try:
+        rel = image.relative_to(root)
+    except ValueError:
+        return None
+    if rel.parts and rel.parts[0] == "images":
+        rel = Path(*rel.parts[1:])
+    for candidate in (root / "labels" / rel, (root / "labels" / rel).with_suffix(".png")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def read_split(root: str | Path, split: str, role: str, require_labels: bool = False) -> list[ImageRecord]:
@@ -106,10 +112,9 @@ def read_split(root: str | Path, split: str, role: str, require_labels: bool = F
     for path in _listing(folder, root):
         east, north, note = parse_vg_name(path)
         label = label_path_for(path, root)
-        if not label.is_file():
-            if require_labels:
-                raise FileNotFoundError(f"{path}: label map is missing (expected {label})")
-            label = None
+        if label is None and require_labels:
+            expected = root / "labels" / path.relative_to(root / "images")
+            raise FileNotFoundError(f"{path}: label map is missing (expected {expected})")
         records.append(ImageRecord(path=path, utm=(east, north), label_path=label, note=note))
     if not records:
         raise DatasetLayoutError(f"{folder}: split {split}/{role} holds no images")
