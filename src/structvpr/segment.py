@@ -21,8 +21,7 @@ from PIL import Image
 
 from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, load_rgb
 from structvpr.data.labels import CITYSCAPES_CLASSES, IGNORE_ID
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from structvpr.data.vg import list_images
 
 #: ADE20K (150 classes, 0-based) to Cityscapes train ids; unlisted classes become ignore (255).
 ADE20K_TO_CITYSCAPES = {
@@ -128,7 +127,7 @@ def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, dev
     if not images_dir.is_dir():
         raise FileNotFoundError(f"{images_dir}: missing; structvpr segment expects <root>/images/...")
     table = torch.from_numpy(taxonomy_table(taxonomy, int(model.num_classes)))  # type: ignore[arg-type]
-    images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = list_images(images_dir)
     report: dict[str, list[str]] = {"written": [], "skipped": [], "failed": []}
     todo = []
     for path in images:

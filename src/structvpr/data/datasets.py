@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from structvpr.data.labels import ClassGrouping, load_label_map
-from structvpr.data.vg import ImageRecord, utm_array
+from structvpr.data.vg import ImageRecord, list_images, utm_array
 from structvpr.retrieval.search import radius_neighbours
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,7 +159,7 @@ class FolderDataset(Dataset[dict[str, Any]]):
         for folder in (Path(database), Path(queries)):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: image folder does not exist")
-            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            files = list_images(folder)
             if not files:
                 raise ValueError(f"{folder}: holds no .jpg/.jpeg/.png images")
             lists.append(files)

@@ -69,6 +69,11 @@ def _listing(folder: Path, root: Path) -> list[Path]:
                 raise DatasetLayoutError(f"{listing}: listed image {line.strip()!r} does not exist")
             paths.append(hit)
         return paths
+    return list_images(folder)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every .jpg/.jpeg/.png file under ``folder``, recursively, sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
