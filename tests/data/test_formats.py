@@ -26,7 +26,7 @@ def _cells(names):
     return arr
 
 
-def _write_pitts(tmp_path, order="pitts"):
+def _write_pitts(tmp_path, order="pitts", mat_name="pitts30k_test.mat"):
     db = ["000/000000_pitch1_yaw1.jpg", "000/000001_pitch1_yaw2.jpg"]
     qs = ["000/000005_pitch1_yaw1.jpg"]
     for n in db:
@@ -43,7 +43,7 @@ def _write_pitts(tmp_path, order="pitts"):
     struct = np.empty((1, 1), dtype=dtype)
     for i, v in enumerate(values):
         struct[0, 0][f"f{i}"] = v
-    path = tmp_path / "datasets" / "pitts30k_test.mat"
+    path = tmp_path / "datasets" / mat_name
     path.parent.mkdir(parents=True, exist_ok=True)
     savemat(path, {"dbStruct": struct})
     return path

@@ -46,8 +46,8 @@ def test_layout_manifest_and_labels(tiny_world):
 
 def test_coordinates_follow_the_route(tiny_world):
     db = read_split(tiny_world, "train", "database")
-    east, north, _ = parse_vg_name(db[1].path)
-    e0, n0, _ = parse_vg_name(db[0].path)
+    east, north, *_ = parse_vg_name(db[1].path)
+    e0, n0, *_ = parse_vg_name(db[0].path)
     step = synthetic.PRESETS["tiny"].splits["train"].db_step_m
     assert ((east - e0) ** 2 + (north - n0) ** 2) ** 0.5 == pytest.approx(step, abs=0.02)
 

@@ -12,8 +12,7 @@ NAME = "@0585012.50@4477001.25@17@T@40.44@-79.99@pano1@03@090@000@@@20200101_120
 
 def test_parse_basename_only_even_with_at_in_parent(tmp_path):
     path = tmp_path / "odd@folder@1@2" / NAME
-    east, north, note = parse_vg_name(path)
-    assert (east, north, note) == (585012.5, 4477001.25, "night_sun")
+    assert parse_vg_name(path) == (585012.5, 4477001.25, "night_sun", "pano1")
 
 
 def test_bad_name_is_named_in_error(tmp_path):

@@ -126,3 +126,46 @@ def test_metric_rejects_bad_arguments():
 def test_positive_lists_are_numpy_friendly():
     out = recall_at_n(torch.eye(3), torch.eye(3), (1,), positives=[np.array([0]), np.array([1]), np.array([0])])
     assert out["R@1"] == pytest.approx(2 / 3)
+
+
+def test_first_per_group_keeps_the_best_item_of_each_group_in_rank_order():
+    from structvpr.retrieval.search import first_per_group, group_codes
+
+    groups = group_codes(["p7", "p7", "p7", "p2", "p2", "p9"])
+    assert groups.tolist() == [1, 1, 1, 0, 0, 2]
+    out = first_per_group(np.array([[4, 0, 3, 1, 5, 2], [0, 1, 2, 3, 4, 5]]), groups, 4)
+    assert out.tolist() == [[4, 0, 5, -1], [0, 3, 5, -1]]
+
+
+def test_one_hit_per_panorama_known_answer():
+    # Six database cutouts ranked 0..5 for the query; panoramas A A A B B C; the only
+    # positive is cutout 5. Every cutout counted: first positive at rank 6. One hit per
+    # panorama: the list is [0 (A), 3 (B), 5 (C)], so rank 3.
+    db = torch.eye(6)
+    q = F.normalize(torch.tensor([[6.0, 5, 4, 3, 2, 1]]), dim=1)
+    plain = recall_at_n(q, db, ns=(1, 3, 5), positives=[[5]])
+    assert (plain["R@3"], plain["R@5"]) == (0.0, 0.0)
+    grouped = recall_at_n(q, db, ns=(1, 3, 5), positives=[[5]], database_groups=list("AAABBC"))
+    assert (grouped["R@1"], grouped["R@3"], grouped["R@5"]) == (0.0, 1.0, 1.0)
+    ranks, _ = first_positive_rank(q, db, 5, positives=[[5]], database_groups=list("AAABBC"))
+    assert ranks.tolist() == [3]
+    # The same through coordinates: cutout 5 stands at the query, the rest 1 km away.
+    utm = torch.tensor([[1000.0, 0]] * 5 + [[0.0, 0]])
+    out = recall_at_n(q, db, ns=(3,), query_utm=torch.zeros(1, 2), database_utm=utm, radius=25,
+                      database_groups=list("AAABBC"))
+    assert out["R@3"] == 1.0
+    with pytest.raises(ValueError, match="database_groups has 5 entries for 6 database items"):
+        recall_at_n(q, db, positives=[[5]], database_groups=list("AAABB"))
+
+
+def test_grouped_metric_matches_functional(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    db, qs = F.normalize(torch.randn(60, 16, generator=gen), dim=1), F.normalize(torch.randn(9, 16, generator=gen), dim=1)
+    groups = [f"pano{i // 12}" for i in range(60)]  # 12 cutouts per panorama, as in Tokyo 24/7
+    positives = [list(range(12 * (i % 5), 12 * (i % 5) + 12)) for i in range(9)]
+    metric = RecallAtN(ns=(1, 2, 5), positives=positives, database_groups=groups)
+    desc = torch.cat([db, qs])
+    metric.update(desc, torch.arange(69), torch.arange(69) >= 60)
+    got = {k: float(v) for k, v in metric.compute().items()}
+    assert got == recall_at_n(qs, db, ns=(1, 2, 5), positives=positives, database_groups=groups)
+    assert got["R@5"] == 1.0  # only five panoramas: every query finds its own within 5 distinct ones

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from structvpr.data.datasets import load_rgb
-from structvpr.metrics.recall import first_positive_rank
+from structvpr.metrics.recall import first_positive_rank, hit_matrix
 from structvpr.retrieval.search import knn
 
 GREEN, RED, WHITE = (40, 200, 60), (220, 40, 40), (255, 255, 255)
@@ -21,7 +21,8 @@ class RetrievalPictures(pl.Callback):
     """Save and log a top-k grid PNG and a Recall@N curve PNG after validation and/or test.
 
     Each grid row is a query (white border) followed by its top-k database images, framed
-    green when within the correct radius and red otherwise. The pictures are written under
+    green when correct and red otherwise, by the same rule as the task's Recall@N metric
+    (its radius, or the benchmark's ground-truth lists). The pictures are written under
     the trainer's log folder (``pictures/``) and sent to the active wandb or TensorBoard logger.
 
     Args:
@@ -30,7 +31,7 @@ class RetrievalPictures(pl.Callback):
         failures_only: Draw only queries whose top-1 is wrong.
         max_n: The curve runs from N=1 to ``max_n``.
         stages: ``val`` and/or ``test``.
-        radius: Correct-match radius in metres.
+        radius: Correct-match radius when the task has no Recall@N metric for the stage.
         every_n_epochs: For validation, draw every n-th epoch.
         seed: Which queries are drawn.
 
@@ -65,15 +66,15 @@ class RetrievalPictures(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "val" in self.stages and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
-            self._draw(trainer, "val", trainer.datamodule.val_dataset)
+            self._draw(trainer, "val", trainer.datamodule.val_dataset, getattr(pl_module, "val_recall", None))
         self._outputs = []
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "test" in self.stages:
-            self._draw(trainer, "test", trainer.datamodule.test_dataset)
+            self._draw(trainer, "test", trainer.datamodule.test_dataset, getattr(pl_module, "test_recall", None))
         self._outputs = []
 
-    def _draw(self, trainer: pl.Trainer, stage: str, dataset: Any) -> None:
+    def _draw(self, trainer: pl.Trainer, stage: str, dataset: Any, metric: Any = None) -> None:
         if not self._outputs or not trainer.is_global_zero:
             return
         desc = torch.cat([o["descriptor"] for o in self._outputs])
@@ -87,9 +88,13 @@ class RetrievalPictures(pl.Callback):
         db, qs = desc[:n_db], desc[n_db:]
         utm = dataset.utm
         retrieved = knn(qs, db, self.top_k)
-        correct = (utm[:n_db][retrieved] - utm[n_db:][:, None]).norm(dim=-1) <= self.radius
-        ranks, valid = first_positive_rank(qs, db, self.max_n, query_utm=utm[n_db:], database_utm=utm[:n_db],
-                                           radius=self.radius)  # fmt: skip
+        positives = getattr(metric, "positives", None)
+        rule: dict[str, Any] = ({"positives": positives} if positives is not None else
+                                {"query_utm": utm[n_db:], "database_utm": utm[:n_db],
+                                 "radius": getattr(metric, "radius", self.radius)})  # fmt: skip
+        correct, _ = hit_matrix(retrieved, **rule)
+        ranks, valid = first_positive_rank(qs, db, self.max_n, database_groups=getattr(metric, "database_groups", None),
+                                           **rule)  # fmt: skip
         candidates = np.flatnonzero(valid.numpy() & (~correct[:, 0].numpy() if self.failures_only else True))
         rng = np.random.default_rng(self.seed)
         rows = np.sort(rng.choice(candidates, min(self.num_queries, len(candidates)), replace=False))

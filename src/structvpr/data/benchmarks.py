@@ -1,22 +1,46 @@
-"""Named evaluation benchmarks: which reader, which threshold, which denominator.
+"""Named splits of public datasets: which reader, which threshold, which denominator.
 
-Every variant excludes queries without any positive from the denominator and reports how
-many it excluded (``num_excluded``), so the published variants can be told apart in a
-results table. Paths are relative to the dataset root given with the name.
+:data:`BENCHMARKS` are the published test protocols, :data:`VALIDATION_SPLITS` adds the
+validation sets used to pick checkpoints, and :data:`TRAINING_SPLITS` are the training sets
+read from their native layouts. Every evaluation variant excludes queries without any
+positive from the denominator and reports how many it excluded (``num_excluded``), so the
+published variants can be told apart in a results table. Paths are relative to the dataset
+root given with the name; keyword options (such as Tokyo 24/7's one hit per panorama) are
+passed through :func:`load_benchmark`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from structvpr.data.formats import SplitManifest, read_mat_dbstruct, read_msls, read_patchnetvlad, read_vg
+from structvpr.data.formats import (
+    SplitManifest,
+    read_mat_dbstruct,
+    read_msls,
+    read_npy_gt,
+    read_patchnetvlad,
+    read_vg,
+)
+from structvpr.data.vg import DatasetLayoutError, ImageRecord
+
+#: The 22 MSLS training cities.
+MSLS_TRAIN_CITIES = ("trondheim", "london", "boston", "melbourne", "amsterdam", "helsinki", "tokyo", "toronto",
+                     "saopaulo", "moscow", "zurich", "paris", "bangkok", "budapest", "austin", "berlin", "ottawa",
+                     "phoenix", "goa", "amman", "nairobi", "manila")  # fmt: skip
+#: The two MSLS validation cities.
+MSLS_VAL_CITIES = ("cph", "sf")
+#: Added to a city's easting (times its position in the city list) when several cities are
+#: read for training: UTM coordinates repeat between zones, and a tuple must not mix cities.
+CITY_OFFSET_M = 1e7
 
 
 def msls_val(root: str | Path) -> SplitManifest:
     """MSLS val, official protocol: native layout ``train_val/{cph,sf}``, panoramas excluded,
     positives within 25 m, queries without a positive dropped (740 queries on the full set)."""  # noqa: D205
-    return read_msls(root, ["cph", "sf"], name="msls_val")
+    return read_msls(root, list(MSLS_VAL_CITIES), name="msls_val")
 
 
 def msls_val_vg(root: str | Path) -> SplitManifest:
@@ -35,10 +59,27 @@ def pitts250k_test(root: str | Path) -> SplitManifest:
     return read_mat_dbstruct(root, Path(root) / "datasets" / "pitts250k_test.mat", name="pitts250k_test")
 
 
-def tokyo247(root: str | Path) -> SplitManifest:
-    """Tokyo 24/7 in VG folders ``images/test`` (315 queries), 25 m, every database cutout
-    counted (the VG convention; NetVLAD's one-hit-per-panorama is not applied)."""  # noqa: D205
-    return read_vg(root, "test", 25.0, name="tokyo247")
+def tokyo247(root: str | Path, one_hit_per_panorama: bool = False) -> SplitManifest:
+    """Tokyo 24/7 in VG folders ``images/test`` (315 queries, 12 database cutouts per
+    panorama), positives within 25 m.
+
+    By default every database cutout counts (the VG convention). With
+    ``one_hit_per_panorama`` each ranked list keeps only the best cutout of every panorama
+    (VG file-name field 7), so R@N counts N distinct panoramas, as NetVLAD and Patch-NetVLAD
+    report it; the two give different numbers and the results table says which was used.
+    """  # noqa: D205
+    manifest = read_vg(root, "test", 25.0, name="tokyo247")
+    if one_hit_per_panorama:
+        missing = [r.path for r in manifest.database if not r.pano_id]
+        if missing:
+            raise DatasetLayoutError(
+                f"{missing[0]}: no panorama id in the file name (VG field 7); one_hit_per_panorama needs it "
+                f"for every database image ({len(missing)} lack one)"
+            )
+        manifest.database_groups = [r.pano_id for r in manifest.database]
+        manifest.name = "tokyo247 (one hit per panorama)"
+        manifest.notes.append(f"one hit per panorama: {len(set(manifest.database_groups))} panoramas")
+    return manifest
 
 
 def nordland(root: str | Path) -> SplitManifest:
@@ -57,13 +98,92 @@ def nordland_vg(root: str | Path) -> SplitManifest:
     return read_vg(root, "test", 25.0, name="nordland_vg")
 
 
-BENCHMARKS: dict[str, Callable[[str | Path], SplitManifest]] = {
-    f.__name__: f for f in (msls_val, msls_val_vg, pitts30k_test, pitts250k_test, tokyo247, nordland, nordland_vg)
+def nordland_vprbench(root: str | Path, gt_dir: str | Path | None = None, allow_pickle: bool = False) -> SplitManifest:
+    """Nordland, VPR-Bench subset ("Nordland*"): the roles of :func:`nordland` flipped, winter
+    database (``ref/``, 27,592) and summer queries (``query/``, 2,760), positives from the
+    ground-truth lists (1 frame), ``Nordland_{dbImages,qImages,gt}.npy`` in ``gt_dir``
+    (``root`` by default).
+
+    The ground truth is a pickled object array: pass ``allow_pickle=True`` only for a file
+    you trust.
+    """  # noqa: D205
+    gt = Path(gt_dir) if gt_dir is not None else Path(root)
+    return read_npy_gt(root, gt / "Nordland_dbImages.npy", gt / "Nordland_qImages.npy", gt / "Nordland_gt.npy",
+                       allow_pickle=allow_pickle, name="nordland_vprbench")  # fmt: skip
+
+
+# -- validation sets ------------------------------------------------------------------------------
+def pitts30k_val(root: str | Path) -> SplitManifest:
+    """Pittsburgh 30k val from ``datasets/pitts30k_val.mat`` (10,000 db / 7,608 queries), 25 m."""
+    return read_mat_dbstruct(root, Path(root) / "datasets" / "pitts30k_val.mat", name="pitts30k_val")
+
+
+def pitts250k_val(root: str | Path) -> SplitManifest:
+    """Pittsburgh 250k val from ``datasets/pitts250k_val.mat``, 25 m."""
+    return read_mat_dbstruct(root, Path(root) / "datasets" / "pitts250k_val.mat", name="pitts250k_val")
+
+
+# -- training sets --------------------------------------------------------------------------------
+def msls_train(root: str | Path, cities: list[str] | None = None) -> SplitManifest:
+    """MSLS training cities in the native layout ``train_val/<city>/{query,database}``
+    (the 22 of :data:`MSLS_TRAIN_CITIES` by default), panoramas excluded.
+
+    Training positives lie within 10 m and negatives beyond 25 m (the datamodule's
+    ``train_pos_radius`` and ``train_neg_radius``). Each city's easting is shifted by
+    ``city index x`` :data:`CITY_OFFSET_M` so that no tuple mixes cities.
+    """  # noqa: D205
+    cities = list(cities or MSLS_TRAIN_CITIES)
+    parts = [read_msls(root, [city], name="msls_train") for city in cities]
+
+    def shifted(records: list[ImageRecord], k: int) -> list[ImageRecord]:
+        return [ImageRecord(r.path, (r.utm[0] + k * CITY_OFFSET_M, r.utm[1]), r.label_path, r.note, r.pano_id)
+                for r in records]  # fmt: skip
+
+    database = [r for k, m in enumerate(parts) for r in shifted(m.database, k)]
+    queries = [r for k, m in enumerate(parts) for r in shifted(m.queries, k)]
+    notes = [f"{city}: {m.notes[0]}" for city, m in zip(cities, parts)]
+    return SplitManifest("msls_train", Path(root), database, queries, 25.0, notes=notes)
+
+
+def pitts30k_train(root: str | Path) -> SplitManifest:
+    """Pittsburgh 30k train from ``datasets/pitts30k_train.mat`` (10,000 db / 7,416 queries);
+    training positives within 10 m, negatives beyond 25 m (the datamodule's radii)."""  # noqa: D205
+    return read_mat_dbstruct(root, Path(root) / "datasets" / "pitts30k_train.mat", name="pitts30k_train")
+
+
+def pitts250k_train(root: str | Path) -> SplitManifest:
+    """Pittsburgh 250k train from ``datasets/pitts250k_train.mat``; training positives within
+    10 m, negatives beyond 25 m (the datamodule's radii)."""  # noqa: D205
+    return read_mat_dbstruct(root, Path(root) / "datasets" / "pitts250k_train.mat", name="pitts250k_train")
+
+
+Reader = Callable[..., SplitManifest]
+
+#: Published test protocols (one validated config each under ``lightning_configs/benchmarks/``).
+BENCHMARKS: dict[str, Reader] = {
+    f.__name__: f
+    for f in (msls_val, msls_val_vg, pitts30k_test, pitts250k_test, tokyo247, nordland, nordland_vg, nordland_vprbench)
 }
+#: Sets a model can be validated (or tested) on.
+VALIDATION_SPLITS: dict[str, Reader] = {**BENCHMARKS, "pitts30k_val": pitts30k_val, "pitts250k_val": pitts250k_val}
+#: Training sets read from their native layouts.
+TRAINING_SPLITS: dict[str, Reader] = {f.__name__: f for f in (msls_train, pitts30k_train, pitts250k_train)}
+#: Every named split.
+SPLITS: dict[str, Reader] = {**VALIDATION_SPLITS, **TRAINING_SPLITS}
 
 
-def load_benchmark(name: str, root: str | Path) -> SplitManifest:
-    """The manifest of a named benchmark under ``root``."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {name!r}")
-    return BENCHMARKS[name](root)
+def load_benchmark(name: str, root: str | Path, **options: Any) -> SplitManifest:
+    """The manifest of the named split under ``root``, with the split's keyword ``options``.
+
+    Raises:
+        ValueError: for an unknown name, or an option the split does not take.
+    """
+    if name not in SPLITS:
+        raise ValueError(f"benchmark must be one of {sorted(SPLITS)}, got {name!r}")
+    reader = SPLITS[name]
+    try:
+        inspect.signature(reader).bind(root, **options)
+    except TypeError as err:
+        params = [p for p in inspect.signature(reader).parameters if p != "root"]
+        raise ValueError(f"{name} takes the options {params}, got {sorted(options)}") from err
+    return reader(root, **options)

@@ -9,16 +9,37 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from structvpr.data import synthetic
-from structvpr.data.benchmarks import BENCHMARKS, load_benchmark
+from structvpr.data.benchmarks import TRAINING_SPLITS, VALIDATION_SPLITS, load_benchmark
 from structvpr.data.datasets import FolderDataset, ImageDataset, TripletDataset, joint_transform
+from structvpr.data.formats import SplitManifest
 from structvpr.data.labels import ClassGrouping, cityscapes_grouping
-from structvpr.data.vg import read_split
+from structvpr.data.vg import ImageRecord, read_split
 
 GROUPINGS = {"cityscapes": cityscapes_grouping}
 
 
+class EvalProtocol:
+    """How an evaluation set decides a correct match: radius, or ground-truth lists, and
+    whether one hit per panorama is counted; ``notes`` go into the results table."""  # noqa: D205
+
+    def __init__(self, name: str, radius: float, positives: list[Any] | None = None,
+                 database_groups: list[str] | None = None, notes: list[str] | None = None) -> None:  # fmt: skip
+        self.name, self.radius, self.positives, self.database_groups = name, radius, positives, database_groups
+        self.notes = list(notes or [])
+
+    @classmethod
+    def of(cls, manifest: SplitManifest) -> EvalProtocol:
+        """The protocol a named split brings."""
+        return cls(manifest.name, manifest.radius, manifest.positives, manifest.database_groups, manifest.notes)
+
+
 class VPRDataModule(pl.LightningDataModule):
-    """Training tuples and evaluation sets from a dataset in the VG ``@`` folder format.
+    """Training tuples and evaluation sets from the VG ``@`` folder format or a named split.
+
+    Each stage reads ``<root>/images/<split>/`` (VG format, the synthetic world) unless a
+    named split of :mod:`structvpr.data.benchmarks` is given for it (``train_benchmark``,
+    ``val_benchmark``, ``test_benchmark``), which reads the dataset's native layout
+    (Pittsburgh ``.mat``, MSLS CSVs, Nordland lists, ...) with its own threshold.
 
     Train batches are dicts of ``image`` ``(B, 2 + M, 3, H, W)``, ``label``
     ``(B, 2 + M, G, H, W)``, ``index`` ``(B,)`` (training-query index, see
@@ -54,6 +75,13 @@ class VPRDataModule(pl.LightningDataModule):
         test_benchmark: A named benchmark of :mod:`structvpr.data.benchmarks` (``pitts30k_test``,
             ``msls_val``, ``nordland``, ...) read from ``root`` for ``test``, with its own
             threshold or ground truth, instead of ``test_split``.
+        train_benchmark: A named training split (``msls_train``, ``pitts30k_train``,
+            ``pitts250k_train``) read from ``root`` instead of ``images/train``.
+        val_benchmark: A named split for validation (``msls_val``, ``pitts30k_val``, ...)
+            instead of ``val_split``.
+        benchmark_options: Keyword options per named split, e.g.
+            ``{"tokyo247": {"one_hit_per_panorama": true}}`` or
+            ``{"msls_train": {"cities": ["london", "boston"]}}``.
     """
 
     def __init__(self, root: str = "data/synthetic-demo", image_size: tuple[int, int] = (64, 128),
@@ -64,7 +92,9 @@ class VPRDataModule(pl.LightningDataModule):
                  synthetic_label_noise: float | None = None, seed: int = 0,
                  predict_database: str | None = None, predict_queries: str | None = None,
                  cache_images: bool = False, val_split: str = "val", test_split: str = "test",
-                 test_benchmark: str | None = None) -> None:  # fmt: skip
+                 test_benchmark: str | None = None, train_benchmark: str | None = None,
+                 val_benchmark: str | None = None,
+                 benchmark_options: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
         super().__init__()
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {sorted(GROUPINGS)}, got {grouping!r}")
@@ -75,8 +105,15 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if synthetic_preset is not None and synthetic_preset not in synthetic.PRESETS:
             raise ValueError(f"synthetic_preset must be one of {sorted(synthetic.PRESETS)}, got {synthetic_preset!r}")
-        if test_benchmark is not None and test_benchmark not in BENCHMARKS:
-            raise ValueError(f"test_benchmark must be one of {sorted(BENCHMARKS)}, got {test_benchmark!r}")
+        for arg, value, allowed in (("test_benchmark", test_benchmark, VALIDATION_SPLITS),
+                                    ("val_benchmark", val_benchmark, VALIDATION_SPLITS),
+                                    ("train_benchmark", train_benchmark, TRAINING_SPLITS)):  # fmt: skip
+            if value is not None and value not in allowed:
+                raise ValueError(f"{arg} must be one of {sorted(allowed)}, got {value!r}")
+        used = {test_benchmark, val_benchmark, train_benchmark}
+        unused = sorted(set(benchmark_options or {}) - used)
+        if unused:
+            raise ValueError(f"benchmark_options names {unused}, which no stage uses (stages use {sorted(used - {None})})")
         if (predict_database is None) != (predict_queries is None):
             raise ValueError("give both predict_database and predict_queries, or neither")
         self.save_hyperparameters()
@@ -88,10 +125,9 @@ class VPRDataModule(pl.LightningDataModule):
         self.val_dataset: ImageDataset | None = None
         self.test_dataset: ImageDataset | None = None
         self.predict_dataset: ImageDataset | FolderDataset | None = None
-        #: Ground truth of the test set when it is not the radius rule (see ``test_benchmark``).
-        self.test_positives: list | None = None
-        self.test_radius: float = eval_radius
-        self.test_notes: list[str] = []
+        #: How the ``val`` and ``test`` sets of named splits decide a correct match (absent for
+        #: VG folders: the task's own ``eval_radius`` applies).
+        self.protocols: dict[str, EvalProtocol] = {}
 
     @property
     def num_label_channels(self) -> int:
@@ -101,41 +137,57 @@ class VPRDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic world when ``root`` is missing and a preset is set."""
         hp = self.hparams
-        generated = hp.predict_database is None and hp.test_benchmark is None and hp.synthetic_preset is not None
+        named = (hp.test_benchmark, hp.val_benchmark, hp.train_benchmark)
+        generated = hp.predict_database is None and named == (None, None, None) and hp.synthetic_preset is not None
         if generated and not self.root.exists():
             synthetic.generate(self.root, hp.synthetic_preset, hp.synthetic_seed, label_noise=hp.synthetic_label_noise)
 
     def _images(self, split: str, train_transform: bool = False, share: ImageDataset | None = None) -> ImageDataset:
         hp = self.hparams
-        dataset = ImageDataset(
-            read_split(self.root, split, "database", require_labels=hp.with_labels),
-            read_split(self.root, split, "queries", require_labels=hp.with_labels),
-            joint_transform(self.image_size, train=train_transform and hp.augment),  # type: ignore[arg-type]
-            self.grouping, hp.with_labels,
-        )  # fmt: skip
+        return self._dataset(read_split(self.root, split, "database", require_labels=hp.with_labels),
+                             read_split(self.root, split, "queries", require_labels=hp.with_labels),
+                             train_transform, share)  # fmt: skip
+
+    def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
+                 share: ImageDataset | None = None) -> ImageDataset:  # fmt: skip
+        hp = self.hparams
+        dataset = ImageDataset(database, queries,
+                               joint_transform(self.image_size, train=train_transform and hp.augment),  # type: ignore[arg-type]
+                               self.grouping, hp.with_labels)  # fmt: skip
         if share is not None:  # same files, other transform: reuse the decoded cache
             dataset._cache = share._cache
         elif hp.cache_images:
             dataset.preload()
         return dataset
 
+    def _named(self, name: str) -> SplitManifest:
+        return load_benchmark(name, self.root, **(self.hparams.benchmark_options or {}).get(name, {}))
+
+    def _eval_set(self, stage: str, benchmark: str | None, split: str) -> ImageDataset:
+        if benchmark is None:
+            return self._images(split)
+        manifest = self._named(benchmark)
+        self.protocols[stage] = EvalProtocol.of(manifest)
+        return self._dataset(manifest.database, manifest.queries)
+
     def setup(self, stage: str | None = None) -> None:
         """Read the splits the stage needs."""
         hp = self.hparams
         if stage in ("fit", None) and self.train_dataset is None:
-            self.train_images = self._images("train")
-            bank = self._images("train", train_transform=True, share=self.train_images)
+            if hp.train_benchmark is None:
+                self.train_images = self._images("train")
+            else:
+                manifest = self._named(hp.train_benchmark)
+                self.train_images = self._dataset(manifest.database, manifest.queries)
+            bank = self._dataset(self.train_images.records[: self.train_images.num_database],
+                                 self.train_images.records[self.train_images.num_database :],
+                                 train_transform=True, share=self.train_images)  # fmt: skip
             self.train_dataset = TripletDataset(bank, hp.num_negatives, hp.train_pos_radius,
                                                 hp.train_neg_radius, hp.seed)  # fmt: skip
         if stage in ("fit", "validate", None) and self.val_dataset is None:
-            self.val_dataset = self._images(hp.val_split)
-        if stage in ("test", None) and self.test_dataset is None and hp.test_benchmark is not None:
-            manifest = load_benchmark(hp.test_benchmark, self.root)
-            transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
-            self.test_dataset = ImageDataset(manifest.database, manifest.queries, transform, self.grouping, hp.with_labels)
-            self.test_positives, self.test_radius, self.test_notes = manifest.positives, manifest.radius, manifest.notes
+            self.val_dataset = self._eval_set("val", hp.val_benchmark, hp.val_split)
         if stage in ("test", None) and self.test_dataset is None:
-            self.test_dataset = self._images(hp.test_split)
+            self.test_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
         if stage == "predict" and self.predict_dataset is None:
             if hp.predict_database is not None:
                 transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]

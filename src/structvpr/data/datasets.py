@@ -174,6 +174,11 @@ class FolderDataset(Dataset[dict[str, Any]]):
                 "is_query": i >= self.num_database}  # fmt: skip
 
 
+def _contains(sorted_ids: np.ndarray, value: int) -> bool:
+    j = int(np.searchsorted(sorted_ids, value))
+    return j < len(sorted_ids) and int(sorted_ids[j]) == value
+
+
 class TripletDataset(Dataset[dict[str, Any]]):
     """Training tuples (query, positive, M negatives) over a bank of database + query images.
 
@@ -215,11 +220,22 @@ class TripletDataset(Dataset[dict[str, Any]]):
         table = np.stack([self._random_negatives(i, rng) for i in range(len(keep))])
         self.negatives = torch.from_numpy(table).share_memory_()
 
+    #: Above this many database images, random negatives are drawn by rejection instead of
+    #: from the explicit allowed list (which costs O(database) per query: MSLS has ~1M).
+    EXACT_SAMPLING_MAX = 20_000
+
     def _random_negatives(self, i: int, rng: np.random.Generator) -> np.ndarray:
-        allowed = np.setdiff1d(np.arange(self.bank.num_database), self.non_negatives[i])
-        if len(allowed) < self.num_negatives:
-            raise ValueError(f"only {len(allowed)} database images lie beyond the negative radius")
-        return rng.choice(allowed, self.num_negatives, replace=False)
+        n_db, banned, m = self.bank.num_database, self.non_negatives[i], self.num_negatives
+        if n_db - len(banned) < m:
+            raise ValueError(f"only {n_db - len(banned)} database images lie beyond the negative radius")
+        if n_db <= self.EXACT_SAMPLING_MAX or n_db - len(banned) < 2 * m:
+            return rng.choice(np.setdiff1d(np.arange(n_db), banned), m, replace=False)
+        chosen: list[int] = []
+        while len(chosen) < m:  # banned is a tiny fraction of a large database: few rounds
+            for c in rng.integers(0, n_db, size=2 * m).tolist():
+                if c not in chosen and not _contains(banned, c):
+                    chosen.append(c)
+        return np.array(chosen[:m], dtype=np.int64)
 
     def negative_candidates(self, i: int) -> np.ndarray:
         """Database ids that may serve as negatives of training query ``i``."""

@@ -34,6 +34,8 @@ class SplitManifest:
         positives: Optional explicit ground truth, per query the positive database indices;
             when set it replaces the radius rule.
         notes: How the split was read (thresholds, exclusions), for the results table.
+        database_groups: Optional group (panorama id) of every database record: Recall@N then
+            counts one hit per group.
     """
 
     name: str
@@ -43,6 +45,7 @@ class SplitManifest:
     radius: float = 25.0
     positives: list[np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
+    database_groups: list[str] | None = None
 
 
 def _record(root: Path, rel: str | Path, utm: tuple[float, float], note: str = "") -> ImageRecord:
@@ -182,9 +185,15 @@ def read_npy_gt(root: str | Path, db_npy: str | Path, q_npy: str | Path, gt_npy:
     records get (0, 0) and the manifest carries ``positives``.
     """
     root = Path(root)
+    for path in (db_npy, q_npy, gt_npy, q_idx_npy):
+        if path is not None and not Path(path).is_file():
+            raise DatasetLayoutError(f"{path}: ground-truth file is missing")
     names = {}
     for key, path in (("db", db_npy), ("q", q_npy)):
-        names[key] = [str(x) for x in np.load(path)]
+        try:
+            names[key] = [str(x) for x in np.load(path)]
+        except ValueError as err:
+            raise DatasetLayoutError(f"{path}: not a numpy array of image paths ({err})") from err
     try:
         gt = np.load(gt_npy, allow_pickle=allow_pickle)
     except ValueError as err:

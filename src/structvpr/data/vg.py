@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,10 +36,22 @@ class ImageRecord:
     utm: tuple[float, float]
     label_path: Path | None
     note: str = ""
+    #: Panorama the image was cut from (VG field 7), "" when unknown; Tokyo 24/7 can count
+    #: one hit per panorama with it.
+    pano_id: str = ""
 
 
-def parse_vg_name(path: str | Path) -> tuple[float, float, str]:
-    """UTM east, north and the note field from a VG file name (basename only).
+class VGName(NamedTuple):
+    """The fields of a VG file name that VPR uses."""
+
+    east: float
+    north: float
+    note: str
+    pano_id: str
+
+
+def parse_vg_name(path: str | Path) -> VGName:
+    """UTM east, north, the note and the panorama id from a VG file name (basename only).
 
     Raises:
         DatasetLayoutError: naming the file when the name does not follow the grammar.
@@ -52,7 +65,8 @@ def parse_vg_name(path: str | Path) -> tuple[float, float, str]:
     except ValueError as err:
         raise DatasetLayoutError(f"{path}: cannot read UTM east/north from the file name") from err
     note = fields[14] if len(fields) > 15 else ""
-    return east, north, note
+    pano_id = fields[7] if len(fields) > 8 else ""
+    return VGName(east, north, note, pano_id)
 
 
 def _listing(folder: Path, root: Path) -> list[Path]:
@@ -115,12 +129,13 @@ def read_split(root: str | Path, split: str, role: str, require_labels: bool = F
         )
     records = []
     for path in _listing(folder, root):
-        east, north, note = parse_vg_name(path)
+        name = parse_vg_name(path)
         label = label_path_for(path, root)
         if label is None and require_labels:
             expected = root / "labels" / path.relative_to(root / "images")
             raise FileNotFoundError(f"{path}: label map is missing (expected {expected})")
-        records.append(ImageRecord(path=path, utm=(east, north), label_path=label, note=note))
+        records.append(ImageRecord(path=path, utm=(name.east, name.north), label_path=label, note=name.note,
+                                   pano_id=name.pano_id))  # fmt: skip
     if not records:
         raise DatasetLayoutError(f"{folder}: split {split}/{role} holds no images")
     return records

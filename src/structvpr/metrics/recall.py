@@ -10,7 +10,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from structvpr.retrieval.search import Backend, knn, nearest_distance
+from structvpr.retrieval.search import Backend, first_per_group, group_codes, knn, nearest_distance
 
 
 def _check_ns(ns: Sequence[int]) -> tuple[int, ...]:
@@ -24,7 +24,7 @@ def first_positive_rank(
     queries: torch.Tensor, database: torch.Tensor, max_rank: int, *,
     query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
     radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
-    backend: Backend = "torch",
+    backend: Backend = "torch", database_groups: Sequence[Any] | np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Rank (1-based) of the first true positive among each query's retrieved database items.
 
@@ -40,6 +40,9 @@ def first_positive_rank(
         radius: Positive radius in metres.
         positives: Alternatively, the positive database indices of every query.
         backend: Search backend (see :func:`structvpr.retrieval.search.knn`).
+        database_groups: Optional group of every database item (e.g. its panorama id): the
+            ranked list then keeps only the first item of each group, so rank r is the r-th
+            distinct group (NetVLAD's one-hit-per-panorama count on Tokyo 24/7).
 
     Returns:
         ``ranks``: ``(Q,)`` int64 in ``1 .. max_rank + 1``; ``has_positive``: ``(Q,)`` bool,
@@ -51,20 +54,18 @@ def first_positive_rank(
     num_q = queries.shape[0]
     if num_q == 0:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
-    retrieved = knn(queries, database, max_rank, backend=backend).cpu()
-    if positives is not None:
-        if len(positives) != num_q:
-            raise ValueError(f"positives has {len(positives)} entries for {num_q} queries")
-        has_positive = torch.tensor([len(p) > 0 for p in positives], dtype=torch.bool)
-        hit = torch.stack([torch.from_numpy(np.isin(r, np.asarray(p, dtype=np.int64)))
-                           for r, p in zip(retrieved.numpy(), positives)])  # fmt: skip
+    if database_groups is None:
+        retrieved = knn(queries, database, max_rank, backend=backend).cpu()
     else:
-        q_utm = torch.as_tensor(np.asarray(query_utm), dtype=torch.float64)
-        db_utm = torch.as_tensor(np.asarray(database_utm), dtype=torch.float64)
-        if q_utm.shape != (num_q, 2) or db_utm.shape != (database.shape[0], 2):
-            raise ValueError(f"coordinates must be (Q, 2) and (N, 2), got {tuple(q_utm.shape)}, {tuple(db_utm.shape)}")
-        hit = (db_utm[retrieved] - q_utm[:, None]).norm(dim=-1) <= radius
-        has_positive = torch.from_numpy(nearest_distance(q_utm.numpy(), db_utm.numpy()) <= radius)
+        codes = group_codes(database_groups)
+        if len(codes) != database.shape[0]:
+            raise ValueError(f"database_groups has {len(codes)} entries for {database.shape[0]} database items")
+        # The max_rank-th distinct group lies within max_rank * (largest group) items.
+        depth = max_rank * int(np.bincount(codes).max())
+        retrieved = torch.from_numpy(first_per_group(knn(queries, database, depth, backend=backend).cpu().numpy(),
+                                                     codes, max_rank))  # fmt: skip
+    hit, has_positive = hit_matrix(retrieved, query_utm=query_utm, database_utm=database_utm, radius=radius,
+                                   positives=positives, num_database=database.shape[0])  # fmt: skip
     k = retrieved.shape[1]
     ranks = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full((num_q,), max_rank + 1))
     # Fewer than max_rank database items: a miss is still max_rank + 1.
@@ -72,11 +73,54 @@ def first_positive_rank(
     return ranks, has_positive
 
 
+def hit_matrix(
+    retrieved: torch.Tensor, *, query_utm: torch.Tensor | np.ndarray | None = None,
+    database_utm: torch.Tensor | np.ndarray | None = None, radius: float = 25.0,
+    positives: Sequence[Sequence[int] | np.ndarray] | None = None, num_database: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Which retrieved database items are true positives, by radius or by given lists.
+
+    Args:
+        retrieved: ``(Q, K)`` database indices; ``-1`` marks an empty slot (never a hit).
+        query_utm: ``(Q, 2)`` coordinates (with ``database_utm`` and ``radius``).
+        database_utm: ``(N, 2)`` coordinates.
+        radius: Positive radius.
+        positives: Alternatively, the positive database indices of every query.
+        num_database: N, to check ``database_utm`` against.
+
+    Returns:
+        ``hit``: ``(Q, K)`` bool; ``has_positive``: ``(Q,)`` bool, whether the query has any
+        positive in the whole database.
+    """
+    if (positives is None) == (query_utm is None or database_utm is None):
+        raise ValueError("give either positives or both query_utm and database_utm")
+    retrieved = torch.as_tensor(retrieved).cpu().long()
+    num_q = retrieved.shape[0]
+    valid_slot = retrieved >= 0
+    if positives is not None:
+        if len(positives) != num_q:
+            raise ValueError(f"positives has {len(positives)} entries for {num_q} queries")
+        has_positive = torch.tensor([len(p) > 0 for p in positives], dtype=torch.bool)
+        if num_q == 0:
+            return torch.zeros(retrieved.shape, dtype=torch.bool), has_positive
+        hit = torch.stack([torch.from_numpy(np.isin(r, np.asarray(p, dtype=np.int64)))
+                           for r, p in zip(retrieved.numpy(), positives)]) & valid_slot  # fmt: skip
+        return hit, has_positive
+    q_utm = torch.as_tensor(np.asarray(query_utm), dtype=torch.float64)
+    db_utm = torch.as_tensor(np.asarray(database_utm), dtype=torch.float64)
+    n = db_utm.shape[0] if num_database is None else num_database
+    if q_utm.shape != (num_q, 2) or db_utm.shape != (n, 2):
+        raise ValueError(f"coordinates must be (Q, 2) and (N, 2), got {tuple(q_utm.shape)}, {tuple(db_utm.shape)}")
+    hit = ((db_utm[retrieved.clamp(min=0)] - q_utm[:, None]).norm(dim=-1) <= radius) & valid_slot
+    has_positive = torch.from_numpy(nearest_distance(q_utm.numpy(), db_utm.numpy()) <= radius)
+    return hit, has_positive
+
+
 def recall_at_n(
     queries: torch.Tensor, database: torch.Tensor, ns: Sequence[int] = (1, 5, 10, 20), *,
     query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
     radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
-    backend: Backend = "torch",
+    backend: Backend = "torch", database_groups: Sequence[Any] | np.ndarray | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Fraction of queries with a true positive among their top-N retrieved database items.
 
@@ -84,6 +128,7 @@ def recall_at_n(
     and counted in ``num_excluded`` (the convention of the official MSLS protocol; the VG
     benchmark instead keeps them as failures: multiply by ``num_queries / (num_queries +
     num_excluded)`` to compare). N larger than the database counts the whole database.
+    ``database_groups`` counts one hit per group (see :func:`first_positive_rank`).
 
     Returns:
         ``{"R@1": ..., "R@5": ..., "num_queries": valid count, "num_excluded": count}``.
@@ -92,7 +137,8 @@ def recall_at_n(
     ns = _check_ns(ns)
     ranks, valid = first_positive_rank(queries, database, max(ns), query_utm=query_utm,
                                        database_utm=database_utm, radius=radius,
-                                       positives=positives, backend=backend)  # fmt: skip
+                                       positives=positives, backend=backend,
+                                       database_groups=database_groups)  # fmt: skip
     ranks = ranks[valid]
     out: dict[str, float] = {}
     for n in ns:
@@ -116,6 +162,8 @@ class RecallAtN(Metric):
         positives: Optional per-query lists of positive database indices (query order);
             when given they replace the radius rule (frame windows, precomputed GT).
         backend: ``torch`` (chunked matrix product, fastest on CPU) or ``faiss``.
+        database_groups: Optional group (panorama id) of every database item in dataset
+            order: one hit per group is counted (see :func:`first_positive_rank`).
 
     """
 
@@ -125,7 +173,7 @@ class RecallAtN(Metric):
 
     def __init__(self, ns: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
                  positives: Sequence[Sequence[int]] | None = None, backend: Backend = "torch",
-                 **kwargs: Any) -> None:  # fmt: skip
+                 database_groups: Sequence[Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.ns = _check_ns(ns)
         if radius <= 0:
@@ -133,6 +181,7 @@ class RecallAtN(Metric):
         self.radius = radius
         self.positives = positives
         self.backend: Backend = backend
+        self.database_groups = database_groups
         self.add_state("descriptors", default=[], dist_reduce_fx="cat")
         self.add_state("indices", default=[], dist_reduce_fx="cat")
         self.add_state("is_query", default=[], dist_reduce_fx="cat")
@@ -170,8 +219,10 @@ class RecallAtN(Metric):
         q_pos, db_pos = keep[is_q[keep]], keep[~is_q[keep]]
         queries, database = desc[q_pos], desc[db_pos]
         if self.positives is not None:
-            result = recall_at_n(queries, database, self.ns, positives=self.positives, backend=self.backend)
+            result = recall_at_n(queries, database, self.ns, positives=self.positives, backend=self.backend,
+                                 database_groups=self.database_groups)  # fmt: skip
         else:
             result = recall_at_n(queries, database, self.ns, query_utm=utm[q_pos].cpu(), database_utm=utm[db_pos].cpu(),
-                                 radius=self.radius, backend=self.backend)  # fmt: skip
+                                 radius=self.radius, backend=self.backend,
+                                 database_groups=self.database_groups)  # fmt: skip
         return {k: torch.tensor(v, device=self.device) for k, v in result.items()}

@@ -73,6 +73,33 @@ def _faiss_knn(queries: torch.Tensor, database: torch.Tensor, k: int) -> torch.T
     return torch.from_numpy(idx).to(queries.device)
 
 
+def group_codes(groups: np.ndarray | list[str] | list[int]) -> np.ndarray:
+    """Integer codes ``0 .. G-1`` for any array of group labels (e.g. panorama ids)."""
+    return np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64).ravel()
+
+
+def first_per_group(retrieved: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """Keep each ranked list's first item of every group, in rank order, up to ``k`` items.
+
+    Used to count one hit per panorama (Tokyo 24/7: 12 database cutouts per panorama).
+
+    Args:
+        retrieved: ``(Q, K)`` database indices, nearest first.
+        groups: ``(N,)`` integer group of each database item (see :func:`group_codes`).
+        k: Length of the output lists.
+
+    Returns:
+        ``(Q, k)`` int64 database indices, padded with ``-1`` where fewer than ``k`` groups
+        were retrieved.
+    """
+    out = np.full((len(retrieved), k), -1, dtype=np.int64)
+    for i, row in enumerate(np.asarray(retrieved)):
+        _, first = np.unique(groups[row], return_index=True)
+        keep = row[np.sort(first)][:k]
+        out[i, : len(keep)] = keep
+    return out
+
+
 def radius_neighbours(queries: np.ndarray, database: np.ndarray, radius: float) -> list[np.ndarray]:
     """For each query point, the sorted indices of database points within ``radius``."""
     tree = cKDTree(np.asarray(database, dtype=np.float64).reshape(-1, 2))

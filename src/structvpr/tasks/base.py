@@ -147,13 +147,19 @@ class VPRTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_recall(self.val_recall, "val")
 
+    def _apply_protocol(self, metric: RecallAtN, stage: str) -> None:
+        # A named split brings its own threshold (frames for Nordland), ground truth or
+        # one-hit-per-panorama rule; VG folders keep the task's eval_radius.
+        protocol = getattr(getattr(self.trainer, "datamodule", None), "protocols", {}).get(stage)
+        if protocol is not None:
+            metric.radius, metric.positives = protocol.radius, protocol.positives
+            metric.database_groups = protocol.database_groups
+
+    def on_validation_start(self) -> None:
+        self._apply_protocol(self.val_recall, "val")
+
     def on_test_start(self) -> None:
-        # A named benchmark brings its own threshold (frames for Nordland) or ground truth.
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and getattr(dm, "test_positives", None) is not None:
-            self.test_recall.positives = dm.test_positives
-        if dm is not None and getattr(dm.hparams, "test_benchmark", None) is not None:
-            self.test_recall.radius = dm.test_radius
+        self._apply_protocol(self.test_recall, "test")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         desc = self(batch[self.input_key])
@@ -188,11 +194,10 @@ class VPRTask(pl.LightningModule):
         out = self.report_dir()
         out.mkdir(parents=True, exist_ok=True)
         name = type(self).__name__
-        dm = getattr(self.trainer, "datamodule", None)
-        bench = getattr(getattr(dm, "hparams", None), "test_benchmark", None)
-        if bench is not None:
-            name = f"{name} on {bench}"
-        notes = list(getattr(dm, "test_notes", []) or [])
+        protocol = getattr(getattr(self.trainer, "datamodule", None), "protocols", {}).get("test")
+        if protocol is not None:
+            name = f"{name} on {protocol.name}"
+        notes = list(protocol.notes) if protocol is not None else []
         (out / "test_results.json").write_text(json.dumps({"model": name, **result, "notes": notes}, indent=2))
         table = recall_table({name: result})
         (out / "test_results.md").write_text(table + "\n")

@@ -86,8 +86,9 @@ class StructVPRStudent(VPRTask):
             self._rerank_state = None
 
     def _two_stage_report(self, state: dict[str, Any]) -> dict[str, dict[str, float]]:
+        from structvpr.metrics.recall import hit_matrix
         from structvpr.retrieval.rerank import rerank
-        from structvpr.retrieval.search import knn, nearest_distance
+        from structvpr.retrieval.search import first_per_group, group_codes, knn
         from structvpr.tasks.base import recall_table
 
         store = state["store"]
@@ -102,10 +103,16 @@ class StructVPRStudent(VPRTask):
         # Database rows come first in the store, so database ids index it directly.
         reranked, _ = rerank([store[n_db + q] for q in range(len(candidates))], store, candidates)
         rerank_ms = (time.perf_counter() - start) * 1000 / max(1, len(candidates))
-        valid = torch.from_numpy(nearest_distance(utm[n_db:].numpy(), utm[:n_db].numpy()) <= radius)
+        metric = self.test_recall
+        groups = None if metric.database_groups is None else group_codes(metric.database_groups)
         out = {}
         for name, order, ms in (("global", candidates, global_ms), ("re-ranked", reranked, global_ms + rerank_ms)):
-            hit = (utm[:n_db][order] - utm[n_db:][:, None]).norm(dim=-1) <= radius
+            if groups is not None:  # one hit per panorama: the N-th distinct panorama of the list
+                order = torch.from_numpy(first_per_group(order.numpy(), groups, order.shape[1]))
+            if metric.positives is not None:
+                hit, valid = hit_matrix(order, positives=metric.positives)
+            else:
+                hit, valid = hit_matrix(order, query_utm=utm[n_db:], database_utm=utm[:n_db], radius=radius)
             # N beyond K is not defined for a top-K list.
             ns = [n for n in self.test_recall.ns if n <= order.shape[1]]
             row = {f"R@{n}": float(hit[:, :n].any(1)[valid].float().mean()) for n in ns}
