@@ -1,17 +1,20 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from structvpr.data.labels import cityscapes_grouping, load_label_map
 from structvpr.segment import TorchvisionSegmenter, segment_dataset, segment_main, taxonomy_table
 
 
-def _images(root, n=3):
+def _images(root, n=3, shape=(24, 40)):
     for i in range(n):
         path = root / "images/test/database" / f"img{i}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(path)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*shape, 3), dtype=np.uint8)).save(path)
 
 
 @pytest.fixture
@@ -73,5 +76,57 @@ def test_taxonomy_tables():
 def test_missing_weights_and_layout_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth: segmentation weight file does not exist"):
         TorchvisionSegmenter("lraspp_mobilenet_v3_large", 19, str(tmp_path / "nope.pth"))
-    with pytest.raises(FileNotFoundError, match="images: missing"):
-        segment_dataset(tmp_path, TorchvisionSegmenter("lraspp_mobilenet_v3_large", 19, None), "cityscapes")
+    model = TorchvisionSegmenter("lraspp_mobilenet_v3_large", 19, None)
+    with pytest.raises(FileNotFoundError, match="holds no .jpg/.jpeg/.png images"):
+        segment_dataset(tmp_path, model, "cityscapes")
+    with pytest.raises(FileNotFoundError, match="nowhere: dataset root does not exist"):
+        segment_dataset(tmp_path / "nowhere", model, "cityscapes")
+
+
+def test_segformer_checkpoint_from_a_local_folder(tmp_path):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    config = SegformerConfig(num_labels=150, hidden_sizes=[8, 16, 16, 16], decoder_hidden_size=16,
+                             depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1])  # fmt: skip
+    folder = tmp_path / "segformer-ade"
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    root = tmp_path / "ds"
+    _images(root, shape=(64, 96))  # SegFormer's first patch embedding needs more than 24 x 40 pixels
+    args = ["--root", str(root), "--model", f"segformer:{folder}", "--taxonomy", "ade20k", "--device", "cpu"]
+    report = segment_main(args)
+    assert len(report["written"]) == 3 and report["failed"] == []
+    ids = np.array(Image.open(root / "labels/test/database/img1.png"))
+    assert ids.shape == (64, 96)  # SegFormer predicts at 1/4 resolution; maps keep the image size
+    assert set(np.unique(ids).tolist()) <= set(taxonomy_table("ade20k", 150).tolist())
+    # The map is the checkpoint's own prediction, upsampled, through the ADE20K table.
+    from structvpr.segment import SegformerSegmenter
+
+    model = SegformerSegmenter(str(folder)).eval()
+    rgb = np.array(Image.open(root / "images/test/database/img1.jpg").convert("RGB"))
+    x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(
+        IMAGENET_STD)[:, None, None]  # fmt: skip
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(model(x[None]), size=(64, 96), mode="bilinear", align_corners=False)
+    assert (taxonomy_table("ade20k", 150)[logits.argmax(1)[0].numpy()] == ids).all()
+    assert segment_main(args)["skipped"] and segment_main(args)["written"] == []
+    with pytest.raises(FileNotFoundError, match="missing-folder: SegFormer checkpoint folder does not exist"):
+        segment_main(["--root", str(root), "--model", f"segformer:{tmp_path / 'missing-folder'}"])
+
+
+def test_native_layout_maps_land_where_the_readers_look(tmp_path, weights):
+    from structvpr.data.benchmarks import load_benchmark
+    from tests.data.test_formats import _write_pitts
+
+    _write_pitts(tmp_path, mat_name="pitts30k_train.mat")  # 000/..., queries_real/000/..., datasets/*.mat
+    (tmp_path / "000/unlisted.jpg").write_bytes((tmp_path / "000/000000_pitch1_yaw1.jpg").read_bytes())
+    base = ["--root", str(tmp_path), "--model", "torchvision:lraspp_mobilenet_v3_large", "--weights", weights,
+            "--device", "cpu"]
+    report = segment_main([*base, "--split", "pitts30k_train"])
+    assert len(report["written"]) == 3  # the split's 2 database images and 1 query, not unlisted.jpg
+    manifest = load_benchmark("pitts30k_train", tmp_path)
+    assert all(r.label_path is not None for r in manifest.database + manifest.queries)
+    assert manifest.queries[0].label_path == tmp_path / "labels/queries_real/000/000005_pitch1_yaw1.png"
+    # Without --split, every image under the root (no images/ folder here), labels/ excepted.
+    again = segment_main(base)
+    assert [Path(p).name for p in again["written"]] == ["unlisted.png"] and len(again["skipped"]) == 3

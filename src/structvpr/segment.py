@@ -1,7 +1,7 @@
 """``structvpr segment``: write label maps for a dataset with a local segmentation network.
 
-Label maps are written, in Cityscapes train ids, to ``<root>/labels/<path under images/>``
-with a ``.png`` suffix, where :mod:`structvpr.data.vg` and :mod:`structvpr.data.formats`
+Label maps are written, in Cityscapes train ids, to ``<root>/labels/<path under images/ (VG
+layout) or under root (native layouts)>`` with a ``.png`` suffix, where :mod:`structvpr.data.vg` and :mod:`structvpr.data.formats`
 look for them. Finished maps are skipped (resume), each map is written to a temporary name
 and renamed (no partial file after an interruption), and unreadable images are reported at
 the end without stopping the run.
@@ -10,9 +10,11 @@ the end without stopping the run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from PIL import Image
 
 from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, load_rgb
 from structvpr.data.labels import CITYSCAPES_CLASSES, IGNORE_ID
-from structvpr.data.vg import list_images
+from structvpr.data.vg import label_map_path, list_images
 
 #: ADE20K (150 classes, 0-based) to Cityscapes train ids; unlisted classes become ignore (255).
 ADE20K_TO_CITYSCAPES = {
@@ -111,10 +113,48 @@ def _write_png(label: np.ndarray, path: Path) -> None:
         raise
 
 
+def dataset_images(root: str | Path, split: str | None = None, options: dict[str, Any] | None = None) -> list[Path]:
+    """The images of a dataset that need label maps.
+
+    Args:
+        root: Dataset root.
+        split: A named split of :mod:`structvpr.data.benchmarks` (``pitts30k_train``,
+            ``msls_train``, ...): exactly its database and query images. Without it, every
+            image under ``<root>/images`` (VG layout), or under ``root`` when there is no
+            ``images/`` folder (native layouts), ``labels/`` excepted.
+        options: Keyword options of the named split.
+    """
+    root = Path(root)
+    if split is not None:
+        from structvpr.data.benchmarks import load_benchmark
+
+        manifest = load_benchmark(split, root, **(options or {}))
+        return sorted({r.path for r in manifest.database + manifest.queries})
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root does not exist")
+    folder = root / "images" if (root / "images").is_dir() else root
+    labels = root / "labels"
+    images = [p for p in list_images(folder) if labels not in p.parents]
+    if not images:
+        raise FileNotFoundError(f"{folder}: holds no .jpg/.jpeg/.png images")
+    return images
+
+
 @torch.no_grad()
 def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, device: str = "cpu",
-                    progress: bool = True) -> dict[str, list[str]]:  # fmt: skip
-    """Write a label map for every image under ``<root>/images`` that lacks one.
+                    progress: bool = True, images: Sequence[Path] | None = None) -> dict[str, list[str]]:  # fmt: skip
+    """Write a label map for every image of the dataset that lacks one.
+
+    Maps go where the datamodule looks for them (:func:`structvpr.data.vg.label_map_path`):
+    ``<root>/labels/<image path under root/images or root>.png``.
+
+    Args:
+        root: Dataset root.
+        model: Segmenter with ``num_classes``, returning ``(1, K, h, w)`` logits.
+        taxonomy: The model's classes, ``cityscapes`` or ``ade20k``.
+        device: Where the model runs.
+        progress: Show a progress bar and print a summary.
+        images: The images to segment (default: :func:`dataset_images` of ``root``).
 
     Returns:
         ``{"written": [...], "skipped": [...], "failed": ["path: reason", ...]}``.
@@ -123,15 +163,12 @@ def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, dev
     from tqdm import tqdm
 
     root = Path(root)
-    images_dir = root / "images"
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"{images_dir}: missing; structvpr segment expects <root>/images/...")
     table = torch.from_numpy(taxonomy_table(taxonomy, int(model.num_classes)))  # type: ignore[arg-type]
-    images = list_images(images_dir)
+    images = dataset_images(root) if images is None else list(images)
     report: dict[str, list[str]] = {"written": [], "skipped": [], "failed": []}
     todo = []
     for path in images:
-        target = (root / "labels" / path.relative_to(images_dir)).with_suffix(".png")
+        target = label_map_path(path, root)
         if target.is_file():
             report["skipped"].append(str(path))
         else:
@@ -167,6 +204,10 @@ def segment_main(args: Sequence[str]) -> dict[str, list[str]]:
     parser.add_argument("--weights", default=None, help="local state-dict file for a torchvision model")
     parser.add_argument("--taxonomy", default="cityscapes", choices=TAXONOMIES)
     parser.add_argument("--num-classes", type=int, default=None, help="default: 19 (cityscapes) or 150 (ade20k)")
+    parser.add_argument("--split", default=None,
+                        help="a named split (pitts30k_train, msls_train, ...): segment exactly its images")
+    parser.add_argument("--split-options", default=None, type=json.loads,
+                        help='JSON keyword options of the split, e.g. \'{"cities": ["london"]}\'')
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ns = parser.parse_args(list(args))
     kind, _, name = ns.model.partition(":")
@@ -177,4 +218,5 @@ def segment_main(args: Sequence[str]) -> dict[str, list[str]]:
         model = SegformerSegmenter(name)
     else:
         parser.error(f"--model must start with torchvision: or segformer:, got {ns.model!r}")
-    return segment_dataset(ns.root, model, ns.taxonomy, ns.device)
+    images = dataset_images(ns.root, ns.split, ns.split_options)
+    return segment_dataset(ns.root, model, ns.taxonomy, ns.device, images=images)

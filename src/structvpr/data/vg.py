@@ -91,16 +91,27 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def label_map_path(image: Path, root: Path) -> Path:
+    """Where the label map of ``image`` belongs: ``<root>/labels/<path under root/images (or
+    root)>`` with a ``.png`` suffix (what ``structvpr segment`` writes).
+
+    Raises:
+        ValueError: ``image`` does not lie under ``root``.
+    """  # noqa: D205
+    rel = Path(image).relative_to(root)
+    if rel.parts and rel.parts[0] == "images":
+        rel = Path(*rel.parts[1:])
+    return (Path(root) / "labels" / rel).with_suffix(".png")
+
+
 def label_path_for(image: Path, root: Path) -> Path | None:
     """The label map of ``image``: ``<root>/labels/<path under root/images (or root)>``, same
     suffix or ``.png``; None when neither exists."""  # noqa: D205
     try:
-        rel = image.relative_to(root)
+        png = label_map_path(image, root)
     except ValueError:
         return None
-    if rel.parts and rel.parts[0] == "images":
-        rel = Path(*rel.parts[1:])
-    for candidate in (root / "labels" / rel, (root / "labels" / rel).with_suffix(".png")):
+    for candidate in (png.with_suffix(Path(image).suffix), png):
         if candidate.is_file():
             return candidate
     return None
@@ -132,7 +143,7 @@ def read_split(root: str | Path, split: str, role: str, require_labels: bool = F
         name = parse_vg_name(path)
         label = label_path_for(path, root)
         if label is None and require_labels:
-            expected = root / "labels" / path.relative_to(root / "images")
+            expected = label_map_path(path, root)
             raise FileNotFoundError(f"{path}: label map is missing (expected {expected})")
         records.append(ImageRecord(path=path, utm=(name.east, name.north), label_path=label, note=name.note,
                                    pano_id=name.pano_id))  # fmt: skip
