@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export WANDB_MODE=offline WANDB_SILENT=true
-# Lint first (ruff, configured in pyproject.toml), then the tests.
+# Lint and type-check first (ruff and mypy, configured in pyproject.toml), then the tests.
 .venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -96,7 +96,7 @@ class SegformerSegmenter(torch.nn.Module):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{path}: SegFormer checkpoint folder does not exist")
         self.model = SegformerForSemanticSegmentation.from_pretrained(path, local_files_only=True)
-        self.num_classes = int(self.model.config.num_labels)
+        self.num_classes = int(self.model.config.num_labels or 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).logits

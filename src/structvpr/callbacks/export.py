@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -36,6 +37,6 @@ class ExportStudent(pl.Callback):
             current = {k: v.clone() for k, v in pl_module.state_dict().items()}
             pl_module.load_state_dict(state)
         if trainer.is_global_zero:
-            self.path = pl_module.export_student(folder / self.filename)
+            self.path = cast(Any, pl_module).export_student(folder / self.filename)
         if best:
             pl_module.load_state_dict(current)

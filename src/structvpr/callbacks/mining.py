@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from structvpr.callbacks._access import datamodule_of
 
 
 class HardNegativeMining(pl.Callback):
@@ -45,21 +47,21 @@ class HardNegativeMining(pl.Callback):
             return
         if not hasattr(pl_module, "training_descriptors"):
             raise TypeError(f"HardNegativeMining needs a task with training_descriptors(), got {type(pl_module).__name__}")
-        dataset = getattr(trainer.datamodule, "train_dataset", None)
+        dataset = getattr(datamodule_of(trainer), "train_dataset", None)
         if dataset is None or not hasattr(dataset, "set_negatives"):
             raise TypeError("HardNegativeMining needs a datamodule whose train_dataset has set_negatives()")
         self._dataset = dataset
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restored is not None:  # resume: the mined table of the saved run
-            trainer.datamodule.train_dataset.negatives.copy_(self._restored)
+            datamodule_of(trainer).train_dataset.negatives.copy_(self._restored)
             self._restored = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch % self.every_n_epochs:
             return
-        dataset = trainer.datamodule.train_dataset
-        desc = pl_module.training_descriptors()
+        dataset = datamodule_of(trainer).train_dataset
+        desc = cast(Any, pl_module).training_descriptors()
         rng = np.random.default_rng([self.seed, trainer.current_epoch])
         n_q = len(dataset)
         queries = np.sort(rng.choice(n_q, max(1, round(self.query_fraction * n_q)), replace=False))

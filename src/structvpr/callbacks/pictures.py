@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from structvpr.callbacks._access import datamodule_of
 from structvpr.data.datasets import load_rgb
 from structvpr.metrics.recall import first_positive_rank, hit_matrix
 from structvpr.retrieval.search import knn
@@ -66,12 +67,12 @@ class RetrievalPictures(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "val" in self.stages and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
-            self._draw(trainer, "val", trainer.datamodule.val_dataset, getattr(pl_module, "val_recall", None))
+            self._draw(trainer, "val", datamodule_of(trainer).val_dataset, getattr(pl_module, "val_recall", None))
         self._outputs = []
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "test" in self.stages:
-            self._draw(trainer, "test", trainer.datamodule.test_dataset, getattr(pl_module, "test_recall", None))
+            self._draw(trainer, "test", datamodule_of(trainer).test_dataset, getattr(pl_module, "test_recall", None))
         self._outputs = []
 
     def _draw(self, trainer: pl.Trainer, stage: str, dataset: Any, metric: Any = None) -> None:
@@ -142,7 +143,7 @@ def recall_curve(ranks: torch.Tensor, max_n: int, path: Path, title: str = "Reca
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = np.arange(1, max_n + 1)
+    ns = list(range(1, max_n + 1))
     values = [(ranks <= n).float().mean().item() * 100 for n in ns]
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
     ax.plot(ns, values, marker="o", markersize=3)

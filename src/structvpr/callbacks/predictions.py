@@ -8,6 +8,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from structvpr.callbacks._access import datamodule_of
 from structvpr.retrieval.search import knn
 
 
@@ -39,7 +40,7 @@ class PredictionWriter(pl.Callback):
         desc = torch.cat([o["descriptor"] for o in outputs]).float()
         index = torch.cat([o["index"] for o in outputs])
         desc = desc[torch.argsort(index)]
-        dataset = trainer.datamodule.predict_dataset  # type: ignore[attr-defined]
+        dataset = datamodule_of(trainer).predict_dataset
         n_db = dataset.num_database
         paths = getattr(dataset, "paths", None) or [r.path for r in dataset.records]
         out = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
@@ -58,7 +59,7 @@ class PredictionWriter(pl.Callback):
                 tmp.write_text(content)
             else:
                 with open(tmp, "wb") as f:
-                    np.save(f, content)
+                    np.save(f, np.asarray(content))
             tmp.replace(out / name)
             self.written.append(out / name)
         print(f"wrote {len(lines)} query predictions (top {self.top_k}) and descriptors to {out}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from structvpr.callbacks._access import datamodule_of
 from structvpr.metrics.recall import first_positive_rank
 
 NOISY, TEACHABLE, CONSISTENT = 0, 1, 2
@@ -96,27 +97,27 @@ class SampleWeighting(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.weights is not None:  # resume: the weights of the saved run until the next refresh
-            pl_module.set_sample_weights(self.weights)
+            cast(Any, pl_module).set_sample_weights(self.weights)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch % self.every_n_epochs and self.weights is not None:
             return
-        dataset = trainer.datamodule.train_dataset
+        dataset = datamodule_of(trainer).train_dataset
         n = len(dataset)
         if self.teacher_ranks is None:
-            self.teacher_ranks = self._ranks(pl_module.teacher_training_descriptors(), dataset, np.arange(n))
+            self.teacher_ranks = self._ranks(cast(Any, pl_module).teacher_training_descriptors(), dataset, np.arange(n))
         if self.student_ranks is None:
             self.student_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
             chosen = np.arange(n)
         else:
             rng = np.random.default_rng([self.seed, trainer.current_epoch])
             chosen = np.sort(rng.choice(n, max(1, round(self.query_fraction * n)), replace=False))
-        self.student_ranks[chosen] = self._ranks(pl_module.training_descriptors(), dataset, chosen)
+        self.student_ranks[chosen] = self._ranks(cast(Any, pl_module).training_descriptors(), dataset, chosen)
         weights = sample_weights(self.teacher_ranks, self.student_ranks, self.tau, self.alpha)
         if self.uniform:
             weights = torch.ones_like(weights)
         self.weights = trainer.strategy.broadcast(weights, src=0)
-        pl_module.set_sample_weights(self.weights)
+        cast(Any, pl_module).set_sample_weights(self.weights)
         self._log(trainer)
 
     def _log(self, trainer: pl.Trainer) -> None:
@@ -144,14 +145,14 @@ class SampleWeighting(pl.Callback):
 
 def _log_histogram(logger: Any, name: str, values: torch.Tensor, step: int) -> None:
     """Histogram to TensorBoard or wandb; other loggers get the bin counts as scalars."""
-    experiment = getattr(logger, "experiment", None)
+    experiment: Any = getattr(logger, "experiment", None)
     if hasattr(experiment, "add_histogram"):
         experiment.add_histogram(name, values, step)
         return
     if type(logger).__name__ == "WandbLogger":
         import wandb
 
-        experiment.log({name: wandb.Histogram(values.numpy()), "trainer/global_step": step})
+        experiment.log({name: wandb.Histogram(values.tolist()), "trainer/global_step": step})
         return
     counts = torch.histc(values.float(), bins=10, min=0, max=1)
     logger.log_metrics({f"{name}_bin{i}": float(c) for i, c in enumerate(counts)}, step=step)

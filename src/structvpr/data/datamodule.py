@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
 from structvpr.data import synthetic
@@ -105,15 +106,15 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if synthetic_preset is not None and synthetic_preset not in synthetic.PRESETS:
             raise ValueError(f"synthetic_preset must be one of {sorted(synthetic.PRESETS)}, got {synthetic_preset!r}")
-        for arg, value, allowed in (("test_benchmark", test_benchmark, VALIDATION_SPLITS),
+        for arg, bench, allowed in (("test_benchmark", test_benchmark, VALIDATION_SPLITS),
                                     ("val_benchmark", val_benchmark, VALIDATION_SPLITS),
                                     ("train_benchmark", train_benchmark, TRAINING_SPLITS)):  # fmt: skip
-            if value is not None and value not in allowed:
-                raise ValueError(f"{arg} must be one of {sorted(allowed)}, got {value!r}")
-        used = {test_benchmark, val_benchmark, train_benchmark}
+            if bench is not None and bench not in allowed:
+                raise ValueError(f"{arg} must be one of {sorted(allowed)}, got {bench!r}")
+        used = {name for name in (test_benchmark, val_benchmark, train_benchmark) if name is not None}
         unused = sorted(set(benchmark_options or {}) - used)
         if unused:
-            raise ValueError(f"benchmark_options names {unused}, which no stage uses (stages use {sorted(used - {None})})")
+            raise ValueError(f"benchmark_options names {unused}, which no stage uses (stages use {sorted(used)})")
         if (predict_database is None) != (predict_queries is None):
             raise ValueError("give both predict_database and predict_queries, or neither")
         self.save_hyperparameters()
@@ -130,27 +131,32 @@ class VPRDataModule(pl.LightningDataModule):
         self.protocols: dict[str, EvalProtocol] = {}
 
     @property
+    def hp(self) -> AttributeDict:
+        """The init arguments (``hparams``), typed for attribute access."""
+        return cast(AttributeDict, self.hparams)
+
+    @property
     def num_label_channels(self) -> int:
         """G, channels of the one-hot label maps."""
         return self.grouping.num_channels
 
     def prepare_data(self) -> None:
         """Generate the synthetic world when ``root`` is missing and a preset is set."""
-        hp = self.hparams
+        hp = self.hp
         named = (hp.test_benchmark, hp.val_benchmark, hp.train_benchmark)
         generated = hp.predict_database is None and named == (None, None, None) and hp.synthetic_preset is not None
         if generated and not self.root.exists():
             synthetic.generate(self.root, hp.synthetic_preset, hp.synthetic_seed, label_noise=hp.synthetic_label_noise)
 
     def _images(self, split: str, train_transform: bool = False, share: ImageDataset | None = None) -> ImageDataset:
-        hp = self.hparams
+        hp = self.hp
         return self._dataset(read_split(self.root, split, "database", require_labels=hp.with_labels),
                              read_split(self.root, split, "queries", require_labels=hp.with_labels),
                              train_transform, share)  # fmt: skip
 
     def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
                  share: ImageDataset | None = None) -> ImageDataset:  # fmt: skip
-        hp = self.hparams
+        hp = self.hp
         dataset = ImageDataset(database, queries,
                                joint_transform(self.image_size, train=train_transform and hp.augment),  # type: ignore[arg-type]
                                self.grouping, hp.with_labels)  # fmt: skip
@@ -161,7 +167,7 @@ class VPRDataModule(pl.LightningDataModule):
         return dataset
 
     def _named(self, name: str) -> SplitManifest:
-        return load_benchmark(name, self.root, **(self.hparams.benchmark_options or {}).get(name, {}))
+        return load_benchmark(name, self.root, **(self.hp.benchmark_options or {}).get(name, {}))
 
     def _eval_set(self, stage: str, benchmark: str | None, split: str) -> ImageDataset:
         if benchmark is None:
@@ -172,7 +178,7 @@ class VPRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read the splits the stage needs."""
-        hp = self.hparams
+        hp = self.hp
         if stage in ("fit", None) and self.train_dataset is None:
             if hp.train_benchmark is None:
                 self.train_images = self._images("train")
@@ -196,29 +202,29 @@ class VPRDataModule(pl.LightningDataModule):
                 self.predict_dataset = self._images(hp.test_split)
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader[Any]:
-        workers = self.hparams.num_workers
+        workers = self.hp.num_workers
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                           persistent_workers=workers > 0, drop_last=False)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader[Any]:
         assert self.train_dataset is not None, "call setup('fit') first"
-        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True)
+        return self._loader(self.train_dataset, self.hp.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader[Any]:
         assert self.val_dataset is not None, "call setup('fit') or setup('validate') first"
-        return self._loader(self.val_dataset, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.hp.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader[Any]:
         assert self.test_dataset is not None, "call setup('test') first"
-        return self._loader(self.test_dataset, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.test_dataset, self.hp.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader[Any]:
         assert self.predict_dataset is not None, "call setup('predict') first"
-        return self._loader(self.predict_dataset, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.predict_dataset, self.hp.eval_batch_size, shuffle=False)
 
     def train_images_dataloader(self) -> DataLoader[Any]:
         """Every training image (database then queries), un-augmented, for encoding passes."""
         assert self.train_images is not None, "call setup('fit') first"
-        return DataLoader(self.train_images, batch_size=self.hparams.eval_batch_size, shuffle=False,
+        return DataLoader(self.train_images, batch_size=self.hp.eval_batch_size, shuffle=False,
                           num_workers=0)  # fmt: skip
 

@@ -257,7 +257,7 @@ class TripletDataset(Dataset[dict[str, Any]]):
         return len(self.query_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        pos = self.positives[i][torch.randint(len(self.positives[i]), (1,)).item()]
+        pos = self.positives[i][int(torch.randint(len(self.positives[i]), (1,)))]
         ids = [int(self.query_image_index(i)), int(pos), *self.negatives[i].tolist()]
         loaded = [self.bank.load(j) for j in ids]
         item: dict[str, Any] = {

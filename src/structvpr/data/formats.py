@@ -8,6 +8,7 @@ Every reader returns a :class:`SplitManifest`. Label maps are looked up in a par
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class SplitManifest:
     database_groups: list[str] | None = None
 
 
-def _record(root: Path, rel: str | Path, utm: tuple[float, float], note: str = "") -> ImageRecord:
+def _record(root: Path, rel: str | Path, utm: Sequence[float] | np.ndarray, note: str = "") -> ImageRecord:
     path = root / rel
     return ImageRecord(path=path, utm=(float(utm[0]), float(utm[1])), label_path=label_path_for(path, root), note=note)
 

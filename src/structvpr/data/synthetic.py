@@ -305,13 +305,13 @@ def _render(street: Street, x_cam: float, cond: Condition, spec: WorldSpec, rng:
         kind = rng.choice([CAR, BUS, PERSON], p=[0.6, 0.15, 0.25])
         wd, ht, z0 = {CAR: (4.2, 1.6, -1.2), BUS: (11.0, 3.4, -1.2), PERSON: (0.6, 1.8, -0.4)}[kind]
         body = (np.abs(cx[None, :] - ox) < wd / 2) & (rz[:, None] >= z0) & (rz[:, None] < z0 + ht)
-        colour = rng.uniform(30, 230, 3) * max(light, 0.25)
-        cv.paint(body, int(kind), colour, 4.0)
+        body_colour = rng.uniform(30, 230, 3) * max(light, 0.25)
+        cv.paint(body, int(kind), body_colour, 4.0)
         if night and kind != PERSON:
             lamp = body & (rz[:, None] < z0 + 0.8) & (np.abs(np.abs(cx[None, :] - ox) - wd / 2 + 0.4) < 0.3)
             cv.rgb[lamp] = (255, 250, 220)
 
-    rgb = cv.rgb
+    rgb: np.ndarray = cv.rgb
     if cond.fog > 0:
         a = (1 - np.exp(-cv.depth / 10.0 * cond.fog * 3))[..., None]
         rgb = rgb * (1 - a) + np.array((150, 150, 155)) * light * a

@@ -167,6 +167,10 @@ class RecallAtN(Metric):
 
     """
 
+    descriptors: list[torch.Tensor]
+    indices: list[torch.Tensor]
+    is_query: list[torch.Tensor]
+    utm: list[torch.Tensor]
     full_state_update = False
     is_differentiable = False
     higher_is_better = True

@@ -47,6 +47,8 @@ class NetVLAD(nn.Module):
 
     """
 
+    initialised: torch.Tensor
+
     def __init__(self, num_clusters: int = 64, dim: int = 512, alpha: float = 100.0) -> None:
         super().__init__()
         if num_clusters < 1 or dim < 1:
@@ -62,6 +64,7 @@ class NetVLAD(nn.Module):
         return self.num_clusters * channels
 
     def _set_assignment(self, centroids: torch.Tensor, alpha: float) -> None:
+        assert self.conv.bias is not None
         self.conv.weight.data.copy_((2.0 * alpha * centroids)[..., None, None])
         self.conv.bias.data.copy_(-alpha * centroids.norm(dim=1) ** 2)
 

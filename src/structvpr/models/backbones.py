@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 
-class SimpleCNN(nn.Module):
+class Trunk(nn.Module):
+    """A feature extractor ``(B, C_in, H, W) -> (B, out_channels, h, w)``."""
+
+    out_channels: int
+
+
+class SimpleCNN(Trunk):
     """A small all-convolutional trunk, ``(B, C_in, H, W) -> (B, C_out, H / 8, W / 8)``.
 
     Args:
@@ -36,7 +43,7 @@ class SimpleCNN(nn.Module):
         return self.body(x)
 
 
-class TimmTrunk(nn.Module):
+class TimmTrunk(Trunk):
     """The feature extractor of a timm model, its first convolution adapted to ``in_chans``.
 
     ``vgg16`` is cut at conv5_3 with its last ReLU and pool dropped (the paper's trunk); other
@@ -61,12 +68,12 @@ class TimmTrunk(nn.Module):
             kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
         if name == "vgg16":
             model = timm.create_model("vgg16", **kwargs)
-            self.body: nn.Module = model.features[:29]  # through conv5_3, before its ReLU
+            self.body: nn.Module = cast(nn.Sequential, model.features)[:29]  # through conv5_3, before its ReLU
             self.out_channels = 512
         else:
             model = timm.create_model(name, features_only=True, out_indices=(-1,), **kwargs)
             self.body = model
-            self.out_channels = int(model.feature_info.channels()[-1])
+            self.out_channels = int(cast(Any, model).feature_info.channels()[-1])
         self.is_features_only = name != "vgg16"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +81,7 @@ class TimmTrunk(nn.Module):
         return out[-1] if self.is_features_only else out
 
 
-def build_trunk(name: str, in_chans: int, pretrained_path: str | None = None) -> nn.Module:
+def build_trunk(name: str, in_chans: int, pretrained_path: str | None = None) -> Trunk:
     """``simple`` for :class:`SimpleCNN`, anything else a timm name for :class:`TimmTrunk`."""
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")

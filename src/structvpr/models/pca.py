@@ -20,6 +20,10 @@ class PCAWhitening(nn.Module):
 
     """
 
+    mean: torch.Tensor
+    projection: torch.Tensor
+    fitted: torch.Tensor
+
     def __init__(self, in_dim: int, out_dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         if not 0 < out_dim <= in_dim:

@@ -60,7 +60,7 @@ class LocalFeatureStore:
         array = np.load(path, mmap_mode="r")
         if list(array.shape) != meta["shape"]:
             raise ValueError(f"{path}: holds {array.shape}, its .json says {meta['shape']}")
-        return cls(path, array, tuple(meta["image_size"]), tuple(meta["grid"]))  # type: ignore[arg-type]
+        return cls(path, array, tuple(meta["image_size"]), tuple(meta["grid"]))
 
     def write(self, indices: torch.Tensor, feats: torch.Tensor) -> None:
         """Store ``(B, h * w, C)`` features at rows ``indices``."""

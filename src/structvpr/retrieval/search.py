@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ def knn(queries: torch.Tensor, database: torch.Tensor, k: int, backend: Backend 
             scores = torch.addmm(sq_norms[d0 : d0 + database_chunk], q, d.T, beta=-1, alpha=2)
             s, i = scores.topk(min(k, d.shape[0]), dim=1)
             i += d0
-            if best_s is not None:
+            if best_s is not None and best_i is not None:
                 s, j = torch.cat([best_s, s], 1).topk(k, dim=1)
                 i = torch.cat([best_i, i], 1).gather(1, j)
             best_s, best_i = s, i
@@ -65,7 +66,7 @@ def _faiss_knn(queries: torch.Tensor, database: torch.Tensor, k: int) -> torch.T
     import faiss
 
     dim = database.shape[1]
-    index = faiss.IndexFlatL2(dim)
+    index: Any = faiss.IndexFlatL2(dim)
     if queries.is_cuda and hasattr(faiss, "StandardGpuResources"):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(np.ascontiguousarray(database.detach().float().cpu().numpy()))
@@ -73,7 +74,7 @@ def _faiss_knn(queries: torch.Tensor, database: torch.Tensor, k: int) -> torch.T
     return torch.from_numpy(idx).to(queries.device)
 
 
-def group_codes(groups: np.ndarray | list[str] | list[int]) -> np.ndarray:
+def group_codes(groups: Sequence[Any] | np.ndarray) -> np.ndarray:
     """Integer codes ``0 .. G-1`` for any array of group labels (e.g. panorama ids)."""
     return np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64).ravel()
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.data import AttributeDict
 from torch import nn
 
 from structvpr.losses import triplet_margin_loss
@@ -59,6 +60,16 @@ class VPRTask(pl.LightningModule):
         self._train_descriptors: tuple[int, torch.Tensor] | None = None
         self.test_results: dict[str, float] = {}
 
+    @property
+    def hp(self) -> AttributeDict:
+        """The init arguments (``hparams``), typed for attribute access."""
+        return cast(AttributeDict, self.hparams)
+
+    @property
+    def datamodule(self) -> Any:
+        """The trainer's datamodule (None when fitting with bare dataloaders)."""
+        return getattr(self.trainer, "datamodule", None)
+
     # -- encoding -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, D)`` L2-normalised descriptors."""
@@ -88,7 +99,7 @@ class VPRTask(pl.LightningModule):
         """
         epoch = self.current_epoch
         if self._train_descriptors is None or self._train_descriptors[0] != epoch:
-            loader = self.trainer.datamodule.train_images_dataloader()  # type: ignore[attr-defined]
+            loader = self.datamodule.train_images_dataloader()
             self._train_descriptors = (epoch, self.encode_loader(loader))
         return self._train_descriptors[1]
 
@@ -100,9 +111,9 @@ class VPRTask(pl.LightningModule):
 
     @torch.no_grad()
     def _init_netvlad(self, agg: NetVLAD, per_image: int = 50) -> None:
-        dataset = self.trainer.datamodule.train_images  # type: ignore[attr-defined]
+        dataset = self.datamodule.train_images
         gen = torch.Generator().manual_seed(0)
-        picks = torch.randperm(len(dataset), generator=gen)[: self.hparams.kmeans_images].tolist()
+        picks = torch.randperm(len(dataset), generator=gen)[: self.hp.kmeans_images].tolist()
         was_training = self.encoder.training
         self.encoder.eval()
         feats = []
@@ -114,11 +125,12 @@ class VPRTask(pl.LightningModule):
         agg.init_clusters(torch.cat(feats))
         # Every process must start from the same centroids.
         for p in (agg.centroids, agg.conv.weight, agg.conv.bias):
+            assert p is not None
             p.data.copy_(self.trainer.strategy.broadcast(p.data, src=0))
 
     def triplet_loss(self, desc: torch.Tensor) -> torch.Tensor:
         """``(B, 2 + M, D)`` tuple descriptors to ``(B,)`` triplet losses."""
-        return triplet_margin_loss(desc[:, 0], desc[:, 1], desc[:, 2:], self.hparams.margin)
+        return triplet_margin_loss(desc[:, 0], desc[:, 1], desc[:, 2:], self.hp.margin)
 
     def check_finite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
         """Stop with the epoch and the training-query indices when the loss is NaN or infinite."""
@@ -136,7 +148,7 @@ class VPRTask(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.encoder.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(params, lr=self.hp.lr, weight_decay=self.hp.weight_decay)
 
     # -- evaluation ---------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:

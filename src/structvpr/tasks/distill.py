@@ -80,9 +80,11 @@ class StructVPRDistillation(StructVPRStudent):
         self.teacher.eval()  # frozen BatchNorm statistics, whatever the trainer does
         return self
 
+    sample_weights: torch.Tensor
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            n = len(self.trainer.datamodule.train_dataset)  # type: ignore[attr-defined]
+            n = len(self.datamodule.train_dataset)
             if self.sample_weights.numel() != n:
                 self.sample_weights = torch.ones(n, device=self.device)
 
@@ -100,26 +102,26 @@ class StructVPRDistillation(StructVPRStudent):
     def teacher_training_descriptors(self) -> torch.Tensor:
         """Teacher descriptors ``(N, D)`` of every training label map (database, then queries)."""
         if self._teacher_cache is None:
-            loader = self.trainer.datamodule.train_images_dataloader()  # type: ignore[attr-defined]
+            loader = self.datamodule.train_images_dataloader()
             self._teacher_cache = self.encode_loader(loader, self.teacher, key="label").to(self.device)
         return self._teacher_cache
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.hparams.cache_teacher:
+        if self.hp.cache_teacher:
             self.teacher_training_descriptors()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         student = self.encode_tuples(batch["image"])
         triplet = self.triplet_loss(student)
-        if self.hparams.cache_teacher:
+        if self.hp.cache_teacher:
             teacher = self.teacher_training_descriptors()[batch["image_index"]]
         else:
             with torch.no_grad():
                 teacher = self.teacher.pooled(batch["label"].flatten(0, 1)).view_as(student)
         distill = distillation_loss(student, teacher)
         weights = self.sample_weights[batch["index"]]
-        loss = triplet.mean() + self.hparams.distill_weight * weighted_mean(distill, weights)
+        loss = triplet.mean() + self.hp.distill_weight * weighted_mean(distill, weights)
         self.check_finite(loss, batch)
         size = len(batch["index"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)

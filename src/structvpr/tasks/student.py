@@ -69,9 +69,10 @@ class StructVPRStudent(VPRTask):
         if self._rerank_state is None:
             if self.trainer.world_size > 1:
                 raise RuntimeError("re-ranking runs in one process: test with --trainer.devices 1")
-            n = len(self.trainer.datamodule.test_dataset)  # type: ignore[attr-defined]
-            store = LocalFeatureStore.create(self.report_dir() / "local_features.npy", n, tuple(fmap.shape[-2:]),
-                                             fmap.shape[1], tuple(batch["image"].shape[-2:]))  # fmt: skip
+            n = len(self.datamodule.test_dataset)
+            fh, fw = fmap.shape[-2:]
+            store = LocalFeatureStore.create(self.report_dir() / "local_features.npy", n, (fh, fw), fmap.shape[1],
+                                             tuple(batch["image"].shape[-2:]))  # fmt: skip
             self._rerank_state = {"store": store, "desc": [], "index": []}
         state = self._rerank_state
         state["store"].write(batch["index"], local_features(fmap))
@@ -93,7 +94,7 @@ class StructVPRStudent(VPRTask):
 
         store = state["store"]
         store.flush()
-        dataset = self.trainer.datamodule.test_dataset  # type: ignore[attr-defined]
+        dataset = self.datamodule.test_dataset
         desc = torch.cat(state["desc"])[torch.argsort(torch.cat(state["index"]))]
         n_db, utm, radius = dataset.num_database, dataset.utm, self.test_recall.radius
         start = time.perf_counter()
