@@ -99,6 +99,7 @@ def test_structvpr_test_runs_on_a_fixture_of_the_variant(name, tmp_path, repo_ro
     assert f"| StructVPRStudent on {name} |" in out
     report = json.loads((tmp_path / "test_results.json").read_text())
     assert report["notes"] == manifest.notes and report["num_queries"] == result["num_queries"]
+    assert f"- {manifest.notes[0]}" in out  # how positives were decided, under the table
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

@@ -206,15 +206,16 @@ class VPRTask(pl.LightningModule):
         out = self.report_dir()
         out.mkdir(parents=True, exist_ok=True)
         name = type(self).__name__
-        protocol = getattr(getattr(self.trainer, "datamodule", None), "protocols", {}).get("test")
+        protocol = getattr(self.datamodule, "protocols", {}).get("test")
         if protocol is not None:
             name = f"{name} on {protocol.name}"
         notes = list(protocol.notes) if protocol is not None else []
         (out / "test_results.json").write_text(json.dumps({"model": name, **result, "notes": notes}, indent=2))
-        table = recall_table({name: result})
-        (out / "test_results.md").write_text(table + "\n")
-        print(f"\n{table}\n(written to {out}/test_results.{{json,md}})")
-
+        # The table states the denominator; the notes say how positives were decided.
+        text = "\n".join([recall_table({name: result}), "", *[f"- {n}" for n in notes],
+                          "- queries without a positive are excluded from the denominator (column 'excluded')"])  # fmt: skip
+        (out / "test_results.md").write_text(text + "\n")
+        print(f"\n{text}\n(written to {out}/test_results.{{json,md}})")
 
 def recall_table(rows: dict[str, dict[str, float]]) -> str:
     """A markdown table of Recall@N (in %) with one row per model."""
