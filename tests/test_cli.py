@@ -71,3 +71,4 @@ def test_paper_configs_parse(stage, repo_root, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "vgg16" in out.stdout and "netvlad" in out.stdout
+    assert "pca_dim: 4096" in out.stdout and "FitPCAWhitening" in out.stdout

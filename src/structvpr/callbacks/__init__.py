@@ -1,9 +1,10 @@
-"""Callbacks: hard-negative mining, sample weighting, student export, retrieval pictures."""
+"""Callbacks: hard-negative mining, sample weighting, PCA-whitening, student export, retrieval pictures."""
 
 from structvpr.callbacks.export import ExportStudent
 from structvpr.callbacks.mining import HardNegativeMining
+from structvpr.callbacks.pca import FitPCAWhitening
 from structvpr.callbacks.pictures import RetrievalPictures
 from structvpr.callbacks.predictions import PredictionWriter
 from structvpr.callbacks.weighting import SampleWeighting
 
-__all__ = ["ExportStudent", "HardNegativeMining", "PredictionWriter", "RetrievalPictures", "SampleWeighting"]
+__all__ = ["ExportStudent", "FitPCAWhitening", "HardNegativeMining", "PredictionWriter", "RetrievalPictures", "SampleWeighting"]

@@ -20,7 +20,8 @@ class PlaceEncoder(nn.Module):
         aggregator: ``gem`` or ``netvlad``.
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk.
-        pca_dim: Output size of PCA-whitening (fitted later by :meth:`fit_pca`), None for none.
+        pca_dim: Output size of PCA-whitening (identity until fitted, e.g. by
+            :class:`~structvpr.callbacks.FitPCAWhitening`), None for none.
 
     """
 

@@ -1,0 +1,70 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from structvpr.models import GeM, NetVLAD, PCAWhitening, PlaceEncoder, SimpleCNN, TimmTrunk
+
+
+def test_gem_with_p_one_is_average_pooling_and_large_p_approaches_max():
+    x = torch.rand(2, 3, 4, 5) + 0.1
+    torch.testing.assert_close(GeM(p=1.0)(x), x.mean(dim=(-2, -1)))
+    assert torch.allclose(GeM(p=60.0)(x), x.amax(dim=(-2, -1)), rtol=0.05)
+    with pytest.raises(ValueError, match="p must be > 0"):
+        GeM(p=0)
+
+
+def test_netvlad_is_orderless_normalised_and_initialised_by_kmeans():
+    torch.manual_seed(0)
+    vlad = NetVLAD(num_clusters=4, dim=8)
+    assert vlad.output_dim(8) == 32 and not bool(vlad.initialised)
+    # Four tight clusters around the first four axes: k-means finds them (in some order).
+    features = torch.eye(8)[torch.arange(200) % 4] + 0.01 * torch.randn(200, 8)
+    vlad.init_clusters(features)
+    assert bool(vlad.initialised)
+    nearest_axis = vlad.centroids.abs().argmax(dim=1)
+    assert sorted(nearest_axis.tolist()) == [0, 1, 2, 3]
+    assert (vlad.centroids.max(dim=1).values > 0.95).all()
+    x = torch.randn(2, 8, 3, 5)
+    out = vlad(x)
+    assert out.shape == (2, 32)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    shuffled = x.flatten(2)[..., torch.randperm(15)].view_as(x)  # pooling ignores where features are
+    torch.testing.assert_close(vlad(shuffled), out, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="need at least 4 features for k-means, got 3"):
+        vlad.init_clusters(torch.randn(3, 8))
+
+
+def test_pca_whitening_is_identity_until_fitted_then_whitens():
+    gen = torch.Generator().manual_seed(0)
+    mixing = torch.randn(16, 16, generator=gen) * torch.linspace(0.1, 3.0, 16)  # correlated, unequal variances
+    x = torch.randn(500, 16, generator=gen) @ mixing + 2.0
+    pca = PCAWhitening(16, 6)
+    torch.testing.assert_close(pca(x), x)  # not fitted: identity
+    pca.fit(x)
+    projected = (x - pca.mean) @ pca.projection.T
+    torch.testing.assert_close(torch.cov(projected.T), torch.eye(6), atol=1e-3, rtol=0)  # white
+    torch.testing.assert_close(pca(x), F.normalize(projected, dim=1))
+    with pytest.raises(ValueError, match="need more than out_dim=6 descriptors to fit PCA, got 6"):
+        PCAWhitening(16, 6).fit(x[:6])
+    with pytest.raises(ValueError, match="need 0 < out_dim <= in_dim"):
+        PCAWhitening(4, 8)
+
+
+def test_timm_trunk_adapts_its_first_convolution_to_label_channels():
+    trunk = TimmTrunk("resnet18", in_chans=5)
+    out = trunk(torch.randn(1, 5, 64, 64))
+    assert out.shape == (1, trunk.out_channels, 2, 2) and trunk.out_channels == 512
+    with pytest.raises(FileNotFoundError, match="nope.pth: pretrained weight file does not exist"):
+        TimmTrunk("resnet18", pretrained_path="nope.pth")
+
+
+def test_place_encoder_dimensions_with_and_without_pca():
+    enc = PlaceEncoder(in_chans=3, trunk="simple", aggregator="netvlad", num_clusters=4, pca_dim=8)
+    channels = SimpleCNN().out_channels
+    assert enc.pooled_dim == 4 * channels and enc.descriptor_dim == 8
+    x = torch.randn(2, 3, 32, 64)
+    assert enc(x).shape == (2, enc.pooled_dim)  # PCA not fitted yet
+    enc.pca.fit(torch.randn(20, enc.pooled_dim))
+    assert enc(x).shape == (2, 8) and enc.pooled(x).shape == (2, enc.pooled_dim)
+    with pytest.raises(ValueError, match="aggregator must be 'gem' or 'netvlad'"):
+        PlaceEncoder(aggregator="max")
