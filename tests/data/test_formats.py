@@ -159,3 +159,12 @@ def test_gsv_cities(tmp_path):
     assert {i.place for i in items} == {1, 2}
     with pytest.raises(DatasetLayoutError, match="Dataframes/Paris.csv: missing"):
         read_gsv_cities(tmp_path, ["Paris"])
+
+
+def test_gsv_cities_malformed_row_names_file_and_line(tmp_path):
+    (tmp_path / "Dataframes").mkdir()
+    (tmp_path / "Dataframes/Rome.csv").write_text(
+        "place_id,year,month,northdeg,city_id,lat,lon,panoid\n1,2019,1,90,Rome,41.9,12.5,p\nseven,2019,1,90,Rome,41.9,12.5,q\n"
+    )
+    with pytest.raises(DatasetLayoutError, match=r"Dataframes/Rome\.csv:3: bad row"):
+        read_gsv_cities(tmp_path, ["Rome"], min_images=1)
