@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from structvpr.callbacks.weighting import CONSISTENT, NOISY, TEACHABLE, SampleWeighting, partition, sample_weights
+from structvpr.callbacks.weighting import (
+    CONSISTENT,
+    NOISY,
+    TEACHABLE,
+    SampleWeighting,
+    mean_one,
+    partition,
+    sample_weights,
+)
 
 
 def test_groups_and_weights_known_answers():
@@ -32,3 +40,11 @@ def test_bad_constants_raise():
         SampleWeighting(tau=10, max_rank=5)
     with pytest.raises(ValueError, match="query_fraction"):
         SampleWeighting(query_fraction=0)
+    with pytest.raises(ValueError, match="uniform and normalize exclude each other"):
+        SampleWeighting(uniform=True, normalize=True)
+
+
+def test_mean_one_rescales_and_keeps_noisy_at_zero():
+    w = mean_one(torch.tensor([0.0, 0.5, 0.25, 0.25]))
+    assert w.tolist() == [0.0, 2.0, 1.0, 1.0] and w.mean().item() == 1.0
+    assert mean_one(torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]

@@ -129,3 +129,12 @@ def test_two_process_ddp_fit_gives_identical_weights_on_every_rank(trained, tiny
     assert w0.shape[0] == 2  # two epochs, weights refreshed at each start
     assert torch.equal(w0, w1)
     assert (w0 != 1).any()  # really set by SampleWeighting, not the all-ones default
+
+
+def test_normalised_weighting_trains_with_mean_one_weights(trained, tiny_world, tmp_path):
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    weighting = SampleWeighting(normalize=True)
+    _trainer(tmp_path, callbacks=[weighting], enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
+    weights = model.sample_weights
+    assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert weights.max() > 1.0 and (weights[weights > 0].min() < 1.0)  # redistributed, not all ones

@@ -40,6 +40,12 @@ def sample_weights(teacher_ranks: torch.Tensor, student_ranks: torch.Tensor, tau
     return torch.where(partition(teacher_ranks, student_ranks, tau) == NOISY, 0.0, w).float()
 
 
+def mean_one(weights: torch.Tensor) -> torch.Tensor:
+    """``weights`` rescaled to mean 1 (all zeros stay zeros)."""
+    total = weights.sum()
+    return weights * (len(weights) / total) if total > 0 else weights
+
+
 class SampleWeighting(pl.Callback):
     """Sets the distillation weight of every training query at the start of each epoch (DESIGN 1.4).
 
@@ -58,11 +64,16 @@ class SampleWeighting(pl.Callback):
         every_n_epochs: Refresh period.
         radius: Metres within which a database image is a true positive.
         seed: Seed of the query subsets.
+        uniform: Ablation: compute and log the groups, but train with every weight 1.
+        normalize: Rescale the weights to mean 1 over the training queries, so that the
+            total distillation signal equals uniform distillation at the same lambda and
+            the weighting only redistributes it (noisy queries keep 0).
 
     """
 
     def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100, query_fraction: float = 1.0,
-                 every_n_epochs: int = 1, radius: float = 25.0, seed: int = 0, uniform: bool = False) -> None:  # fmt: skip
+                 every_n_epochs: int = 1, radius: float = 25.0, seed: int = 0, uniform: bool = False,
+                 normalize: bool = False) -> None:  # fmt: skip
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if max_rank < tau:
@@ -73,7 +84,9 @@ class SampleWeighting(pl.Callback):
             raise ValueError(f"need every_n_epochs >= 1 and radius > 0, got {every_n_epochs}, {radius}")
         self.tau, self.alpha, self.max_rank = tau, alpha, max_rank
         self.query_fraction, self.every_n_epochs, self.radius, self.seed = query_fraction, every_n_epochs, radius, seed
-        self.uniform = uniform
+        if uniform and normalize:
+            raise ValueError("uniform and normalize exclude each other")
+        self.uniform, self.normalize = uniform, normalize
         self.teacher_ranks: torch.Tensor | None = None
         self.student_ranks: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
@@ -116,6 +129,8 @@ class SampleWeighting(pl.Callback):
         weights = sample_weights(self.teacher_ranks, self.student_ranks, self.tau, self.alpha)
         if self.uniform:
             weights = torch.ones_like(weights)
+        elif self.normalize:
+            weights = mean_one(weights)
         self.weights = trainer.strategy.broadcast(weights, src=0)
         cast(Any, pl_module).set_sample_weights(self.weights)
         self._log(trainer)
