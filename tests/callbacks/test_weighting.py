@@ -48,3 +48,4 @@ def test_mean_one_rescales_and_keeps_noisy_at_zero():
     w = mean_one(torch.tensor([0.0, 0.5, 0.25, 0.25]))
     assert w.tolist() == [0.0, 2.0, 1.0, 1.0] and w.mean().item() == 1.0
     assert mean_one(torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+

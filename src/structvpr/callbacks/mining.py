@@ -15,7 +15,8 @@ class HardNegativeMining(pl.Callback):
     """At the start of every ``every_n_epochs`` epoch, give training queries their hardest negatives.
 
     A random fraction of training queries and a random pool of database images are encoded
-    (the task's per-epoch training descriptors, shared with sample weighting); each chosen
+    (only those: the task's per-epoch training descriptors, shared with sample weighting, so
+    ``query_fraction`` and ``pool_size`` bound the cost on large sets such as MSLS); each chosen
     query keeps the M pool images nearest in descriptor space that lie beyond the negative
     radius. The new table is broadcast from rank 0 and written into the dataset's shared
     negative table, which DataLoader workers read.
@@ -61,13 +62,16 @@ class HardNegativeMining(pl.Callback):
         if trainer.current_epoch % self.every_n_epochs:
             return
         dataset = datamodule_of(trainer).train_dataset
-        desc = cast(Any, pl_module).training_descriptors()
         rng = np.random.default_rng([self.seed, trainer.current_epoch])
         n_q = len(dataset)
         queries = np.sort(rng.choice(n_q, max(1, round(self.query_fraction * n_q)), replace=False))
         n_db = dataset.bank.num_database
         pool = np.arange(n_db) if self.pool_size is None else np.sort(rng.choice(n_db, min(n_db, self.pool_size), replace=False))
-        negatives = mine_hardest(desc[dataset.query_image_index(queries)], desc[pool], pool,
+        # Only the chosen queries and the pool are encoded (one request: one pass).
+        q_ids = dataset.query_image_index(queries)
+        wanted = np.concatenate([pool, q_ids])  # pool ids < n_db <= query ids: sorted, distinct
+        desc = cast(Any, pl_module).training_descriptors(wanted)
+        negatives = mine_hardest(desc[len(pool) :], desc[: len(pool)], pool,
                                  [dataset.non_negatives[i] for i in queries], dataset.num_negatives,
                                  [dataset.negatives[i].numpy() for i in queries])  # fmt: skip
         negatives = trainer.strategy.broadcast(negatives, src=0)

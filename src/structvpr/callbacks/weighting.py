@@ -99,11 +99,13 @@ class SampleWeighting(pl.Callback):
             if not hasattr(pl_module, needed):
                 raise TypeError(f"SampleWeighting needs a distillation task with {needed}(), got {type(pl_module).__name__}")
 
-    def _ranks(self, desc: torch.Tensor, dataset: Any, queries: np.ndarray) -> torch.Tensor:
+    def _ranks(self, descriptors: Any, dataset: Any, queries: np.ndarray) -> torch.Tensor:
+        """Ranks of training ``queries``; ``descriptors(ids)`` gives the descriptors of bank ids."""
         bank = dataset.bank
         q_ids = dataset.query_image_index(queries)
         n_db = bank.num_database
-        ranks, _ = first_positive_rank(desc[q_ids].cpu(), desc[:n_db].cpu(), self.max_rank,
+        desc = descriptors(np.concatenate([np.arange(n_db), q_ids])).cpu()  # the whole database: ranks are global
+        ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank,
                                        query_utm=bank.utm[q_ids], database_utm=bank.utm[:n_db],
                                        radius=self.radius)  # fmt: skip
         return ranks
@@ -118,14 +120,15 @@ class SampleWeighting(pl.Callback):
         dataset = datamodule_of(trainer).train_dataset
         n = len(dataset)
         if self.teacher_ranks is None:
-            self.teacher_ranks = self._ranks(cast(Any, pl_module).teacher_training_descriptors(), dataset, np.arange(n))
+            teacher = cast(Any, pl_module).teacher_training_descriptors()
+            self.teacher_ranks = self._ranks(lambda ids: teacher[torch.from_numpy(ids)], dataset, np.arange(n))
         if self.student_ranks is None:
             self.student_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
             chosen = np.arange(n)
         else:
             rng = np.random.default_rng([self.seed, trainer.current_epoch])
             chosen = np.sort(rng.choice(n, max(1, round(self.query_fraction * n)), replace=False))
-        self.student_ranks[chosen] = self._ranks(cast(Any, pl_module).training_descriptors(), dataset, chosen)
+        self.student_ranks[chosen] = self._ranks(cast(Any, pl_module).training_descriptors, dataset, chosen)
         weights = sample_weights(self.teacher_ranks, self.student_ranks, self.tau, self.alpha)
         if self.uniform:
             weights = torch.ones_like(weights)

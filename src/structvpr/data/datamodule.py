@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.data import AttributeDict
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from structvpr.data import synthetic
 from structvpr.data.benchmarks import TRAINING_SPLITS, VALIDATION_SPLITS, load_benchmark
@@ -222,9 +223,10 @@ class VPRDataModule(pl.LightningDataModule):
         assert self.predict_dataset is not None, "call setup('predict') first"
         return self._loader(self.predict_dataset, self.hp.eval_batch_size, shuffle=False)
 
-    def train_images_dataloader(self) -> DataLoader[Any]:
-        """Every training image (database then queries), un-augmented, for encoding passes."""
+    def train_images_dataloader(self, ids: Sequence[int] | None = None) -> DataLoader[Any]:
+        """Training images (database then queries), un-augmented, for encoding passes: all of
+        them, or the bank ids ``ids`` in the given order."""  # noqa: D205
         assert self.train_images is not None, "call setup('fit') first"
-        return DataLoader(self.train_images, batch_size=self.hp.eval_batch_size, shuffle=False,
-                          num_workers=0)  # fmt: skip
+        dataset: Dataset[Any] = self.train_images if ids is None else Subset(self.train_images, list(map(int, ids)))
+        return DataLoader(dataset, batch_size=self.hp.eval_batch_size, shuffle=False, num_workers=0)
 

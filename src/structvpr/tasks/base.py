@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.data import AttributeDict
@@ -57,7 +58,8 @@ class VPRTask(pl.LightningModule):
         self.encoder = PlaceEncoder(in_chans, trunk, aggregator, num_clusters, pretrained_path, pca_dim)
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
-        self._train_descriptors: tuple[int, torch.Tensor] | None = None
+        #: (epoch, sorted bank ids encoded this epoch, their descriptors)
+        self._train_descriptors: tuple[int, np.ndarray, torch.Tensor] | None = None
         self.test_results: dict[str, float] = {}
 
     @property
@@ -91,17 +93,30 @@ class VPRTask(pl.LightningModule):
         encoder.train(was_training)
         return torch.cat(out)
 
-    def training_descriptors(self) -> torch.Tensor:
-        """Current descriptors of every training image (database, then queries), ``(N, D)``.
+    def training_descriptors(self, ids: np.ndarray | Sequence[int] | None = None) -> torch.Tensor:
+        """Pre-PCA descriptors of training images with the current epoch's weights, ``(len(ids), D)``.
 
-        Computed once per epoch and shared, so hard-negative mining and sample weighting
-        of the same epoch pay for one encoding pass.
+        ``ids`` index the training bank (database, then queries; all when None). Each image is encoded at most
+        once per epoch and shared, so hard-negative mining and sample weighting of the same
+        epoch pay for one encoding pass, and a sampled mining pool encodes only its images
+        (what makes MSLS-sized training sets tractable).
         """
-        epoch = self.current_epoch
-        if self._train_descriptors is None or self._train_descriptors[0] != epoch:
-            loader = self.datamodule.train_images_dataloader()
-            self._train_descriptors = (epoch, self.encode_loader(loader))
-        return self._train_descriptors[1]
+        n = len(self.datamodule.train_images)
+        wanted = np.arange(n) if ids is None else np.asarray(ids, dtype=np.int64).ravel()
+        if self._train_descriptors is None or self._train_descriptors[0] != self.current_epoch:
+            self._train_descriptors = (self.current_epoch, np.zeros(0, dtype=np.int64), torch.zeros(0))
+        _, known, desc = self._train_descriptors
+        missing = np.setdiff1d(wanted, known)
+        if len(known) == 0 and 2 * len(missing) >= n:
+            missing = np.arange(n)  # most of the bank: one plain pass, and the epoch's later requests are free
+        if len(missing):
+            fresh = self.encode_loader(self.datamodule.train_images_dataloader(None if len(missing) == n else missing))
+            ids_all = np.concatenate([known, missing])
+            order = np.argsort(ids_all, kind="stable")
+            desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order)]
+            known = ids_all[order]
+            self._train_descriptors = (self.current_epoch, known, desc)
+        return desc[torch.from_numpy(np.searchsorted(known, wanted))]
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self) -> None:
