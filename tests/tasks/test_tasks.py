@@ -138,3 +138,14 @@ def test_normalised_weighting_trains_with_mean_one_weights(trained, tiny_world, 
     weights = model.sample_weights
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert weights.max() > 1.0 and (weights[weights > 0].min() < 1.0)  # redistributed, not all ones
+
+
+def test_teacher_cache_too_large_for_memory_stops_before_encoding(trained, tiny_world, tmp_path, monkeypatch):
+    import structvpr.tasks.distill as distill
+
+    monkeypatch.setattr(distill, "free_memory_bytes", lambda device: 1000)
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
+    with pytest.raises(ValueError, match=r"teacher descriptors of \d+ training images x 128 dimensions need 0.0 MiB, "
+                                         r"more than half the free memory of cpu .*cache_teacher=false"):
+        _trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
+    assert model._teacher_cache is None

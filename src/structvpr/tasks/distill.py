@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,28 @@ import torch
 from structvpr.losses import distillation_loss, weighted_mean
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device or available memory of the host; None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:  # MemAvailable counts reclaimable page cache, which plain "free" memory does not
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 class StructVPRDistillation(StructVPRStudent):
@@ -100,8 +123,24 @@ class StructVPRDistillation(StructVPRStudent):
         self.sample_weights.copy_(weights.to(self.sample_weights))
 
     def teacher_training_descriptors(self) -> torch.Tensor:
-        """Teacher descriptors ``(N, D)`` of every training label map (database, then queries)."""
+        """Teacher descriptors ``(N, D)`` of every training label map (database, then queries).
+
+        Raises:
+            ValueError: when they would take more than half the free memory of the host or of
+                the model's device (they are checked before hours of encoding, not after).
+        """
         if self._teacher_cache is None:
+            n = len(self.datamodule.train_images)
+            need = n * self.teacher.pooled_dim * 4
+            for device in {torch.device("cpu"), self.device}:
+                free = free_memory_bytes(device)
+                if free is not None and need > free / 2:
+                    raise ValueError(
+                        f"teacher descriptors of {n:,} training images x {self.teacher.pooled_dim} dimensions need "
+                        f"{_size(need)}, more than half the free memory of {device} ({_size(free)}): "
+                        "set model.init_args.cache_teacher=false and leave SampleWeighting out (its teacher ranks "
+                        "need every descriptor once), or train on fewer images"
+                    )
             loader = self.datamodule.train_images_dataloader()
             self._teacher_cache = self.encode_loader(loader, self.teacher, key="label").to(self.device)
         return self._teacher_cache
