@@ -76,6 +76,8 @@ def test_malformed_mat_is_named(tmp_path):
     bad.write_bytes(b"MATLAB 5.0 nonsense")
     with pytest.raises(DatasetLayoutError, match=r"broken\.mat: not a readable \.mat file"):
         read_mat_dbstruct(tmp_path, bad)
+    with pytest.raises(DatasetLayoutError, match=r"pitts30k_val\.mat: missing; expected the NetVLAD dbStruct file"):
+        read_mat_dbstruct(tmp_path, tmp_path / "datasets/pitts30k_val.mat")
 
 
 def _write_msls(tmp_path, city="cph"):

@@ -78,6 +78,8 @@ def read_mat_dbstruct(root: str | Path, mat_path: str | Path, fields: dict[str, 
 
     root, mat_path = Path(root), Path(mat_path)
     fields = fields or PITTS_FIELDS
+    if not mat_path.is_file():
+        raise DatasetLayoutError(f"{mat_path}: missing; expected the NetVLAD dbStruct file (<root>/datasets/*.mat)")
     try:
         struct = loadmat(mat_path)["dbStruct"].item()
     except Exception as err:
