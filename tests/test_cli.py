@@ -13,8 +13,19 @@ TINY = ["--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0"
 
 def test_python_m_structvpr_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "structvpr", "--help"], capture_output=True, text=True, check=True)
-    for word in ("fit", "validate", "test", "predict", "synth", "demo"):
+    for word in ("fit", "validate", "test", "predict", "synth", "segment", "splits", "demo"):
         assert word in out.stdout
+
+
+def test_splits_command_lists_every_named_split_with_its_options(capsys):
+    from structvpr.data.benchmarks import SPLITS
+
+    main(["splits"])
+    out = capsys.readouterr().out
+    for name in SPLITS:
+        assert f"\n  {name}" in out, name
+    assert "tokyo247  [options: one_hit_per_panorama=False]" in out
+    assert "msls_train  [options: cities=None]" in out and "training splits (data.init_args.train_benchmark):" in out
 
 
 def test_synth_command_writes_a_world(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Command line: ``structvpr fit|validate|test|predict`` (LightningCLI), ``synth`` and ``demo``."""
+"""Command line: ``structvpr fit|validate|test|predict`` (LightningCLI), ``synth``, ``segment``, ``splits``, ``demo``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 EXTRA_COMMANDS = """structvpr also has:
   synth   generate the synthetic place world   (structvpr synth --help)
   segment write label maps with a local segmentation network (structvpr segment --help)
+  splits  list the named dataset splits, their thresholds and options
   demo    run the whole StructVPR pipeline      (structvpr demo --help)
 """
 
@@ -46,6 +47,28 @@ def synth_main(args: Sequence[str]) -> None:
     print(synthetic.summary(manifest))
 
 
+def splits_main(args: Sequence[str]) -> str:
+    """``structvpr splits``: the named splits with their use, options and docstring summary."""
+    import inspect
+
+    from structvpr.data.benchmarks import BENCHMARKS, TRAINING_SPLITS, VALIDATION_SPLITS
+
+    argparse.ArgumentParser(prog="structvpr splits", description="List the named dataset splits.").parse_args(list(args))
+    lines = []
+    for kind, table, arg in (("test", BENCHMARKS, "test_benchmark"),
+                             ("validation", {k: v for k, v in VALIDATION_SPLITS.items() if k not in BENCHMARKS},
+                              "val_benchmark"),
+                             ("training", TRAINING_SPLITS, "train_benchmark")):  # fmt: skip
+        lines.append(f"{kind} splits (data.init_args.{arg}):")
+        for name, reader in table.items():
+            options = [f"{p.name}={p.default!r}" for p in inspect.signature(reader).parameters.values() if p.name != "root"]
+            doc = " ".join((reader.__doc__ or "").split("\n\n")[0].split())
+            lines.append(f"  {name}{'  [options: ' + ', '.join(options) + ']' if options else ''}\n      {doc}")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``structvpr`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -55,6 +78,8 @@ def main(args: Sequence[str] | None = None) -> None:
         from structvpr.segment import segment_main
 
         segment_main(argv[1:])
+    elif argv and argv[0] == "splits":
+        splits_main(argv[1:])
     elif argv and argv[0] == "demo":
         from structvpr.pipeline import pipeline_main
 
