@@ -77,3 +77,20 @@ def test_predict_folder_errors(tmp_path):
                        predict_queries=str(tmp_path / "missing"), synthetic_preset=None)
     with pytest.raises(ValueError, match="empty: holds no .jpg"):
         dm.setup("predict")
+
+
+def test_predict_through_a_benchmark_config_writes_predictions(tiny_world, tmp_path, repo_root):
+    from structvpr.cli import cli_main
+
+    folders = {}
+    for role, n in (("db", 5), ("q", 2)):
+        folders[role] = tmp_path / role
+        folders[role].mkdir()
+        for i, p in enumerate(sorted((tiny_world / "images/test/database").iterdir())[:n]):
+            Image.open(p).save(folders[role] / f"{role}_{i}.jpg")
+    cli_main(["predict", "--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"),
+              f"--data.init_args.predict_database={folders['db']}", f"--data.init_args.predict_queries={folders['q']}",
+              "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0",
+              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'out'}"])  # fmt: skip
+    rows = [r.split() for r in (tmp_path / "out/predictions.txt").read_text().splitlines()]
+    assert [r[0] for r in rows] == ["q_0", "q_1"] and all(len(r) == 6 for r in rows)  # top 25 of a 5-image database
