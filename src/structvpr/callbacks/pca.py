@@ -6,7 +6,6 @@ from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Subset
 
 from structvpr.callbacks._access import datamodule_of
 
@@ -43,16 +42,14 @@ class FitPCAWhitening(pl.Callback):
             return
         task: Any = pl_module
         dm = datamodule_of(trainer)
-        bank = dm.train_images
-        n_db = bank.num_database
+        n_db = dm.train_images.num_database
         pca = task.encoder.pca
         count = min(n_db, self.num_images)
         if count <= pca.out_dim:
             raise ValueError(f"PCA-whitening to {pca.out_dim} dimensions needs more than {pca.out_dim} training "
                              f"database images; {count} are sampled (num_images={self.num_images}, database {n_db})")  # fmt: skip
         ids = np.sort(np.random.default_rng(self.seed).choice(n_db, count, replace=False))
-        loader = DataLoader(Subset(bank, ids.tolist()), batch_size=dm.hparams.eval_batch_size, shuffle=False)
-        pca.fit(task.encode_loader(loader).to(pca.mean.device))
+        pca.fit(task.encode_loader(dm.train_images_dataloader(ids)).to(pca.mean.device))
         for buffer in (pca.mean, pca.projection, pca.fitted):
             buffer.copy_(cast(Any, trainer.strategy.broadcast(buffer, src=0)))
         self.fits += 1

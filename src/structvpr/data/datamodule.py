@@ -20,21 +20,6 @@ from structvpr.data.vg import ImageRecord, read_split
 GROUPINGS = {"cityscapes": cityscapes_grouping}
 
 
-class EvalProtocol:
-    """How an evaluation set decides a correct match: radius, or ground-truth lists, and
-    whether one hit per panorama is counted; ``notes`` go into the results table."""  # noqa: D205
-
-    def __init__(self, name: str, radius: float, positives: list[Any] | None = None,
-                 database_groups: list[str] | None = None, notes: list[str] | None = None) -> None:  # fmt: skip
-        self.name, self.radius, self.positives, self.database_groups = name, radius, positives, database_groups
-        self.notes = list(notes or [])
-
-    @classmethod
-    def of(cls, manifest: SplitManifest) -> EvalProtocol:
-        """The protocol a named split brings."""
-        return cls(manifest.name, manifest.radius, manifest.positives, manifest.database_groups, manifest.notes)
-
-
 class VPRDataModule(pl.LightningDataModule):
     """Training tuples and evaluation sets from the VG ``@`` folder format or a named split.
 
@@ -127,9 +112,10 @@ class VPRDataModule(pl.LightningDataModule):
         self.val_dataset: ImageDataset | None = None
         self.test_dataset: ImageDataset | None = None
         self.predict_dataset: ImageDataset | FolderDataset | None = None
-        #: How the ``val`` and ``test`` sets of named splits decide a correct match (absent for
-        #: VG folders: the task's own ``eval_radius`` applies).
-        self.protocols: dict[str, EvalProtocol] = {}
+        #: The named split read for ``val`` and ``test``: its radius, ground truth, panorama
+        #: groups and notes decide a correct match (absent for VG folders: the task's own
+        #: ``eval_radius`` applies).
+        self.protocols: dict[str, SplitManifest] = {}
 
     @property
     def hp(self) -> AttributeDict:
@@ -174,7 +160,7 @@ class VPRDataModule(pl.LightningDataModule):
         if benchmark is None:
             return self._images(split)
         manifest = self._named(benchmark)
-        self.protocols[stage] = EvalProtocol.of(manifest)
+        self.protocols[stage] = manifest
         return self._dataset(manifest.database, manifest.queries)
 
     def setup(self, stage: str | None = None) -> None:

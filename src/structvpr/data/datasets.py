@@ -232,7 +232,7 @@ class TripletDataset(Dataset[dict[str, Any]]):
         if n_db - len(banned) < m:
             raise ValueError(f"only {n_db - len(banned)} database images lie beyond the negative radius")
         if n_db <= self.EXACT_SAMPLING_MAX or n_db - len(banned) < 2 * m:
-            return rng.choice(np.setdiff1d(np.arange(n_db), banned), m, replace=False)
+            return rng.choice(self.negative_candidates(i), m, replace=False)
         chosen: list[int] = []
         while len(chosen) < m:  # banned is a tiny fraction of a large database: few rounds
             for c in rng.integers(0, n_db, size=2 * m).tolist():

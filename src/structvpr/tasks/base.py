@@ -177,7 +177,7 @@ class VPRTask(pl.LightningModule):
     def _apply_protocol(self, metric: RecallAtN, stage: str) -> None:
         # A named split brings its own threshold (frames for Nordland), ground truth or
         # one-hit-per-panorama rule; VG folders keep the task's eval_radius.
-        protocol = getattr(getattr(self.trainer, "datamodule", None), "protocols", {}).get(stage)
+        protocol = getattr(self.datamodule, "protocols", {}).get(stage)
         if protocol is not None:
             metric.radius, metric.positives = protocol.radius, protocol.positives
             metric.database_groups = protocol.database_groups
