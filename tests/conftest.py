@@ -28,6 +28,14 @@ def tiny_world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny43_world(tmp_path_factory) -> Path:
+    """A tiny synthetic world in the 4:3 shape of Pittsburgh and MSLS photos (48x64 images)."""
+    root = tmp_path_factory.mktemp("world43") / "tiny43"
+    synthetic.generate(root, "tiny43", seed=0, label_noise=0.2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 

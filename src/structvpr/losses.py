@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import torch
 
+#: The triplet margin of the NetVLAD, MSLS and VG-benchmark references: sqrt(0.1) on
+#: unsquared L2 distances (0.1 on squared ones).
+REFERENCE_MARGIN = 0.1**0.5
+
 
 def triplet_margin_loss(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
-                        margin: float = 0.1) -> torch.Tensor:  # fmt: skip
+                        margin: float = REFERENCE_MARGIN) -> torch.Tensor:  # fmt: skip
     """Triplet margin loss on L2 distances, summed over the negatives of each tuple.
+
+    The references (NetVLAD, MSLS, VG benchmark) divide the sum by the number of negatives
+    (a mean over query-negative pairs); the sum used here is ``M`` times that, which with
+    Adam changes only the balance against the distillation term (``distill_weight``).
 
     Args:
         query: ``(B, D)`` descriptors.
@@ -39,7 +47,12 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Reduce ``(B,)`` per-sample losses: ``mean(w * values)`` (plain mean without weights)."""
+    """Reduce ``(B,)`` per-sample losses: ``mean(w * values)`` (plain mean without weights).
+
+    The weights are not renormalised per batch: :class:`~structvpr.callbacks.SampleWeighting`
+    rescales each sub-epoch's weights to mean 1, so over a sub-epoch weighted and uniform
+    distillation carry the same total.
+    """
     if weights is None:
         return values.mean()
     return (weights.to(values) * values).mean()

@@ -1,7 +1,7 @@
 import pytorch_lightning as pl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from structvpr.callbacks import RetrievalPictures, SampleWeighting
+from structvpr.callbacks import HardNegativeMining, RetrievalPictures, SampleWeighting
 from structvpr.tasks import StructVPRDistillation
 from tests.tasks.helpers import _dm
 
@@ -11,7 +11,7 @@ def test_weighting_and_pictures_reach_tensorboard(trained, tiny_world, tmp_path)
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=logger,
                          enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         callbacks=[SampleWeighting(), RetrievalPictures(num_queries=2, top_k=2)])
+                         callbacks=[HardNegativeMining(), SampleWeighting(), RetrievalPictures(num_queries=2, top_k=2)])
     dm = _dm(tiny_world)
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm)

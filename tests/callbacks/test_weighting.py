@@ -38,10 +38,8 @@ def test_bad_constants_raise():
         SampleWeighting(tau=0)
     with pytest.raises(ValueError, match="max_rank must be >= tau"):
         SampleWeighting(tau=10, max_rank=5)
-    with pytest.raises(ValueError, match="query_fraction"):
-        SampleWeighting(query_fraction=0)
-    with pytest.raises(ValueError, match="uniform and normalize exclude each other"):
-        SampleWeighting(uniform=True, normalize=True)
+    with pytest.raises(ValueError, match="ranks must be 'subepoch' or 'global'"):
+        SampleWeighting(ranks="all")
 
 
 def test_mean_one_rescales_and_keeps_noisy_at_zero():

@@ -24,11 +24,15 @@ def test_positives_and_negatives_match_brute_force(dm, tiny_world):
     dist = np.sqrt(((qs[:, None] - db[None]) ** 2).sum(-1))
     has_pos = (dist <= 10.0).any(1)
     assert ds.query_ids.tolist() == np.flatnonzero(has_pos).tolist()
+    rng = np.random.default_rng(0)
     for i, q in enumerate(ds.query_ids):
         assert ds.positives[i].tolist() == np.flatnonzero(dist[q] <= 10.0).tolist()
-        assert (dist[q, ds.negatives[i].numpy()] > 25.0).all()
-        allowed = set(np.flatnonzero(dist[q] > 25.0).tolist())
-        assert set(ds.negative_candidates(i).tolist()) == allowed
+        assert (dist[q, ds.random_negatives(i, rng)] > 25.0).all()
+    # the starting sub-epoch: every training query once, a GPS positive and negatives beyond 25 m
+    table = ds.tuples.numpy()
+    assert sorted(table[:, 0].tolist()) == list(range(ds.num_training_queries)) and len(ds) == len(table)
+    for q, p, *negs in table.tolist():
+        assert p in ds.positives[q].tolist() and (dist[ds.query_ids[q], negs] > 25.0).all()
 
 
 def test_train_batch_keys_and_shapes(dm):
@@ -39,10 +43,25 @@ def test_train_batch_keys_and_shapes(dm):
     # one-hot: at most one group per pixel
     assert batch["label"].sum(2).max() <= 1
     ds = dm.train_dataset
-    for row, i in zip(batch["image_index"], batch["index"]):
-        assert row[0] == ds.bank.num_database + ds.query_ids[i]
-        assert row[1].item() in ds.positives[i]
-        assert row[2:].tolist() == ds.negatives[i].tolist()
+    rows = {row[0]: row for row in ds.tuples.tolist()}
+    for image_index, i in zip(batch["image_index"].tolist(), batch["index"].tolist()):
+        assert image_index[0] == ds.bank.num_database + ds.query_ids[i]
+        assert image_index[1:] == rows[i][1:]
+
+
+def test_subepochs_cover_every_query_once_per_pass(tiny_world):
+    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), cache_queries=5, synthetic_preset=None)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    n = ds.num_training_queries
+    assert len(ds) == 5 and n > 5
+    drawn = np.concatenate([ds.subepoch_queries(k) for k in range(-(-2 * n // 5))])
+    first, second = drawn[:n], drawn[n : 2 * n]
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(n))  # each pass: every query once
+    assert not np.array_equal(first, second)  # a new order each pass
+    assert all(len(set(ds.subepoch_queries(k).tolist())) == 5 for k in range(20))  # distinct within a sub-epoch
+    ds.random_subepoch(3)
+    assert ds.subepoch == 3 and not ds.mined and ds.tuples[:, 0].tolist() == ds.subepoch_queries(3).tolist()
 
 
 def test_eval_batches_cover_database_then_queries(dm):
@@ -55,7 +74,7 @@ def test_eval_batches_cover_database_then_queries(dm):
     assert batches[0]["utm"].dtype == torch.float64
 
 
-def test_refreshed_negatives_reach_worker_processes(tiny_world):
+def test_new_tuples_reach_worker_processes(tiny_world):
     dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), batch_size=4, num_negatives=3,
                        num_workers=2, synthetic_preset=None)
     dm.setup("fit")
@@ -63,21 +82,36 @@ def test_refreshed_negatives_reach_worker_processes(tiny_world):
     assert loader.persistent_workers
     first = torch.cat([b["image_index"][:, 2:] for b in loader])  # workers start here
     ds = dm.train_dataset
-    new = torch.stack([torch.from_numpy(ds.negative_candidates(i)[-3:]) for i in range(len(ds))])
-    assert not torch.equal(new, ds.negatives)
-    ds.set_negatives(torch.arange(len(ds)), new)
+    queries = ds.tuples[:, 0].numpy()
+    allowed = [np.setdiff1d(np.arange(ds.bank.num_database), ds.non_negatives[q]) for q in queries]
+    new = np.stack([a[-3:] for a in allowed])
+    positives = np.array([ds.positives[q][-1] for q in queries])
+    assert not np.array_equal(new, ds.tuples[:, 2:].numpy())
+    ds.set_tuples(1, queries, positives, new)
     seen = {}
     for b in loader:  # same persistent workers, second epoch
-        for i, row in zip(b["index"].tolist(), b["image_index"][:, 2:]):
-            seen[i] = row
-    assert len(seen) == len(ds)
-    assert all(torch.equal(seen[i], new[i]) for i in range(len(ds)))
+        for i, row in zip(b["index"].tolist(), b["image_index"][:, 1:]):
+            seen[i] = row.tolist()
+    expected = {q: [p, *n] for q, p, n in zip(queries.tolist(), positives.tolist(), new.tolist())}
+    assert seen == expected
     assert first.shape[1] == 3
 
 
-def test_set_negatives_checks_shape(dm):
-    with pytest.raises(ValueError, match=r"negatives must be \(2, 3\)"):
-        dm.train_dataset.set_negatives(torch.tensor([0, 1]), torch.zeros(2, 4, dtype=torch.long))
+def test_set_tuples_checks_shape_and_radii(dm):
+    ds = dm.train_dataset
+    queries, table = ds.tuples[:, 0].numpy(), ds.tuples.numpy()
+    with pytest.raises(ValueError, match=r"\(\d+, 3\) negatives"):
+        ds.set_tuples(1, queries, table[:, 1], np.zeros((len(ds), 4), dtype=np.int64))
+    near = ds.non_negatives[queries[0]][0]
+    bad_neg = table[:, 2:].copy()
+    bad_neg[0, 0] = near
+    with pytest.raises(ValueError, match=f"a negative of training query {queries[0]} lies within the negative radius"):
+        ds.set_tuples(1, queries, table[:, 1], bad_neg)
+    far = table[0, 2]
+    bad_pos = table[:, 1].copy()
+    bad_pos[0] = far
+    with pytest.raises(ValueError, match=f"database image {far} is not a GPS positive of training query {queries[0]}"):
+        ds.set_tuples(1, queries, bad_pos, table[:, 2:])
 
 
 def test_joint_transform_moves_mask_with_image_and_leaves_ids_alone():
@@ -86,7 +120,7 @@ def test_joint_transform_moves_mask_with_image_and_leaves_ids_alone():
     cols = torch.arange(64) // 8
     mask = cols.expand(32, 64).to(torch.uint8)
     image = (cols * 30).to(torch.uint8).expand(3, 32, 64).clone()
-    t = joint_transform((32, 64), train=True)
+    t = joint_transform((32, 64), train=True, crop_scale=0.6)
     out_img, out_mask = t(tv_tensors.Image(image), tv_tensors.Mask(mask))
     assert out_mask.dtype == torch.uint8
     assert set(out_mask.unique().tolist()) <= set(range(8))  # nearest-neighbour: no new ids

@@ -61,9 +61,10 @@ def test_fit_from_native_pittsburgh_layout(tmp_path, repo_root):
     # Every query has exactly its 3 m neighbour as positive, and negatives lie beyond 25 m.
     assert [p.tolist() for p in dm.train_dataset.positives] == [[0], [2], [4], [6], [8]]
     utm = bank.utm.numpy()
-    for i in range(len(dm.train_dataset)):
-        q = utm[dm.train_dataset.query_image_index(i)]
-        assert (np.linalg.norm(utm[dm.train_dataset.negatives[i].numpy()] - q, axis=1) > 25).all()
+    for q, p, *negs in dm.train_dataset.tuples.tolist():  # the mined tuples of the last sub-epoch
+        q_utm = utm[dm.train_dataset.query_image_index(q)]
+        assert p == dm.train_dataset.positives[q][0]
+        assert (np.linalg.norm(utm[negs] - q_utm, axis=1) > 25).all()
     assert dm.protocols["val"].name == "pitts30k_val" and cli.model.val_recall.radius == 25.0
     assert "val/R@1" in cli.trainer.callback_metrics and cli.trainer.current_epoch == 1
 
@@ -102,13 +103,12 @@ def test_rejection_sampled_negatives_lie_beyond_the_radius(tiny_world, monkeypat
     dm.setup("fit")
     bank = dm.train_dataset.bank
     monkeypatch.setattr(TripletDataset, "EXACT_SAMPLING_MAX", 0)  # the path large databases take
-    tables = [TripletDataset(bank, 3, 10.0, 25.0, seed=s).negatives for s in (5, 5, 6)]
+    tables = [TripletDataset(bank, 3, 10.0, 25.0, seed=s).tuples for s in (5, 5, 6)]
     assert torch.equal(tables[0], tables[1]) and not torch.equal(tables[0], tables[2])
     ds = TripletDataset(bank, 3, 10.0, 25.0, seed=5)
-    for i in range(len(ds)):
-        neg = ds.negatives[i].numpy()
-        assert len(set(neg.tolist())) == 3 and not np.isin(neg, ds.non_negatives[i]).any()
-        assert (neg < bank.num_database).all()
+    for q, _, *neg in ds.tuples.tolist():
+        assert len(set(neg)) == 3 and not np.isin(neg, ds.non_negatives[q]).any()
+        assert max(neg) < bank.num_database
 
 
 @pytest.mark.parametrize("name", ["pitts30k_train", "pitts30k_val"])

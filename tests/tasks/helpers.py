@@ -28,8 +28,8 @@ class RecordWeights(pl.Callback):
             torch.save(torch.stack(self.per_epoch), Path(self.out_dir) / f"weights_rank{trainer.global_rank}.pt")
 
 
-def _dm(root, **kw):
-    return VPRDataModule(root=str(root), image_size=(32, 64), batch_size=4, eval_batch_size=32,
+def _dm(root, image_size=(32, 64), **kw):
+    return VPRDataModule(root=str(root), image_size=image_size, batch_size=4, eval_batch_size=32,
                          num_negatives=3, synthetic_preset=None, **kw)
 
 

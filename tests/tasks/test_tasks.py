@@ -14,7 +14,7 @@ def test_teacher_is_frozen_and_not_optimised(trained, tiny_world, tmp_path):
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    trainer = _trainer(tmp_path, epochs=2, callbacks=[SampleWeighting()], enable_checkpointing=False)
+    trainer = _trainer(tmp_path, epochs=2, callbacks=[HardNegativeMining(), SampleWeighting()], enable_checkpointing=False)
     trainer.fit(model, datamodule=_dm(tiny_world))
     for k, v in model.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k  # weights and BatchNorm statistics
@@ -24,15 +24,43 @@ def test_teacher_is_frozen_and_not_optimised(trained, tiny_world, tmp_path):
     assert all(not p.requires_grad for p in model.teacher.parameters())
 
 
-def test_teacher_cache_equals_running_the_teacher(trained, tiny_world):
-    dm = _dm(tiny_world, augment=False)
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+class _Targets(pl.Callback):
+    """Compares, for the first training batches, the task's teacher targets with the teacher run on
+    the batch's own label maps and with the un-augmented (cacheable) descriptors."""
+
+    def __init__(self):
+        self.online_diff, self.cache_diff = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        targets = pl_module.teacher_targets(batch)
+        with torch.no_grad():
+            online = pl_module.teacher.pooled(batch["label"].flatten(0, 1)).view_as(targets)
+        cached = pl_module.teacher_descriptors(batch["image_index"].flatten().numpy()).view_as(targets)
+        self.online_diff.append((targets - online).abs().max().item())
+        self.cache_diff.append((targets - cached).abs().max().item())
+
+
+def test_cached_teacher_targets_equal_the_online_teacher_without_geometric_augmentation(trained, tiny43_world,
+                                                                                        tmp_path):  # fmt: skip
+    probe = _Targets()
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
-    cache = model.encode_loader(dm.train_images_dataloader(), model.teacher, key="label")
-    with torch.no_grad():
-        online = model.teacher.pooled(batch["label"].flatten(0, 1)).view(*batch["image_index"].shape, -1)
-    torch.testing.assert_close(cache[batch["image_index"]], online, atol=1e-5, rtol=1e-4)
+    dm = _dm(tiny43_world, image_size=(48, 64))  # colour jitter on: photometric only
+    _trainer(tmp_path, callbacks=[HardNegativeMining(), probe], enable_checkpointing=False,
+             limit_val_batches=0).fit(model, datamodule=dm)  # fmt: skip
+    assert model.teacher_cached
+    assert max(probe.online_diff) < 1e-5 and max(probe.cache_diff) == 0.0
+
+
+def test_teacher_targets_follow_the_student_view_under_geometric_augmentation(trained, tiny43_world, tmp_path):
+    probe = _Targets()
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], cache_teacher=True)
+    dm = _dm(tiny43_world, image_size=(48, 64), crop_scale=0.5)
+    with pytest.warns(UserWarning, match="geometric augmentation .* runs on each batch's own transformed label maps"):
+        _trainer(tmp_path, callbacks=[HardNegativeMining(), probe], enable_checkpointing=False,
+                 limit_val_batches=0).fit(model, datamodule=dm)  # fmt: skip
+    assert not model.teacher_cached
+    assert max(probe.online_diff) < 1e-5  # the teacher's descriptor of exactly this batch's cropped maps
+    assert max(probe.cache_diff) > 1e-3  # a cache of un-augmented maps would have pulled towards other views
 
 
 def test_weights_and_callback_state_survive_checkpoint_and_resume(trained, tiny_world, tmp_path):
@@ -134,18 +162,35 @@ def test_two_process_ddp_fit_gives_identical_weights_on_every_rank(trained, tiny
 def test_normalised_weighting_trains_with_mean_one_weights(trained, tiny_world, tmp_path):
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     weighting = SampleWeighting(normalize=True)
-    _trainer(tmp_path, callbacks=[weighting], enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
+    _trainer(tmp_path, callbacks=[HardNegativeMining(), weighting], enable_checkpointing=False).fit(
+        model, datamodule=_dm(tiny_world))
     weights = model.sample_weights
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert weights.max() > 1.0 and (weights[weights > 0].min() < 1.0)  # redistributed, not all ones
 
 
-def test_teacher_cache_too_large_for_memory_stops_before_encoding(trained, tiny_world, tmp_path, monkeypatch):
-    import structvpr.tasks.distill as distill
+def test_weighting_runs_where_a_full_teacher_cache_would_not_fit(trained, tiny_world, tmp_path, monkeypatch):
+    import structvpr.utils.memory as memory
 
-    monkeypatch.setattr(distill, "free_memory_bytes", lambda device: 1000)
+    dm = _dm(tiny_world, cache_queries=4)
+    dm.setup("fit")
+    full = len(dm.train_images) * 128 * 4  # every training image's teacher descriptor, float32
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: full)  # half of it is free for us
+    weighting = SampleWeighting(ranks="subepoch")
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
-    with pytest.raises(ValueError, match=r"teacher descriptors of \d+ training images x 128 dimensions need 0.0 MiB, "
-                                         r"more than half the free memory of cpu .*cache_teacher=false"):
-        _trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
-    assert model._teacher_cache is None
+    _trainer(tmp_path, epochs=3, callbacks=[HardNegativeMining(cache_negatives=6), weighting],
+             enable_checkpointing=False).fit(model, datamodule=dm)  # fmt: skip
+    assert model.current_epoch == 3 and weighting.subepoch == 2
+    assert weighting.last_stats["weighting/rank_database_size"] < len(dm.train_images) / 2
+    # The exact global ranks need every teacher descriptor: refused up front, naming the way out.
+    with pytest.raises(ValueError, match=r"teacher descriptors of every training image .* more than half the free "
+                                         r"memory of cpu .*ranks='subepoch'"):  # fmt: skip
+        _trainer(tmp_path, callbacks=[HardNegativeMining(cache_negatives=6), SampleWeighting(ranks="global")],
+                 enable_checkpointing=False).fit(StructVPRDistillation(teacher_ckpt=trained["teacher"]),
+                                                 datamodule=_dm(tiny_world, cache_queries=4))  # fmt: skip
+
+
+def test_weighting_needs_mining_before_it(trained, tiny_world, tmp_path):
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
+    with pytest.raises(ValueError, match="put HardNegativeMining before it"):
+        _trainer(tmp_path, callbacks=[SampleWeighting(), HardNegativeMining()]).fit(model, datamodule=_dm(tiny_world))

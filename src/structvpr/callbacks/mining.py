@@ -1,47 +1,69 @@
-"""Hard-negative mining refreshed every epoch with the current model (NetVLAD style)."""
+"""Sub-epochs of mined tuples: descriptor-nearest positives and hardest negatives (NetVLAD, MSLS, VG)."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from structvpr.callbacks._access import datamodule_of
+from structvpr.retrieval.search import Backend, knn
 
 
 class HardNegativeMining(pl.Callback):
-    """At the start of every ``every_n_epochs`` epoch, give training queries their hardest negatives.
+    """Before every sub-epoch (one Lightning epoch), mine the tuples it trains on, with the current model.
 
-    A random fraction of training queries and a random pool of database images are encoded
-    (only those: the task's per-epoch training descriptors, shared with sample weighting, so
-    ``query_fraction`` and ``pool_size`` bound the cost on large sets such as MSLS); each chosen
-    query keeps the M pool images nearest in descriptor space that lie beyond the negative
-    radius. The new table is broadcast from rank 0 and written into the dataset's shared
-    negative table, which DataLoader workers read.
+    As in the MSLS and VG-benchmark references, sub-epoch ``k`` takes its
+    ``cache_queries`` training queries (see :class:`~structvpr.data.datasets.TripletDataset`),
+    encodes them, all their GPS positives (within the positive radius) and a random pool of
+    ``cache_negatives`` database images, and gives each query
+
+    - the GPS positive nearest in descriptor space (``positive="nearest"``, the NetVLAD,
+      MSLS and VG-benchmark rule; ``"random"`` draws one), and
+    - its ``M`` nearest pool images that lie beyond the negative radius (hardest first).
+
+    Only the sub-epoch's tuples train, so no query trains on stale or random negatives. A
+    query with fewer than ``M`` valid negatives in the pool (a pool mostly within its
+    radius) gets random ones for the missing places; their count is logged. Search runs on
+    the model's device through :func:`structvpr.retrieval.search.knn`. The encoding is the
+    task's shared per-update descriptors (``training_descriptors``), which
+    :class:`~structvpr.callbacks.SampleWeighting` reuses; under DDP each process encodes its
+    share and the tuples are broadcast from rank 0.
+
+    The first sub-epoch of a run is mined in ``on_fit_start``, before Lightning builds the
+    epoch's data iterator (whose workers start reading the table at once); later ones in
+    ``on_train_epoch_start``. The table is saved in checkpoints: a run resumed mid-sub-epoch
+    finishes it on the same tuples, one resumed at a sub-epoch's end mines the next.
+
+    Departures from the references: negatives come from a fresh random pool only (NetVLAD
+    also keeps each query's previous hard negatives in the pool), and a tuple whose
+    negatives all satisfy the margin still trains (NetVLAD drops it; its loss is zero).
 
     Args:
-        query_fraction: Fraction of training queries refreshed each time.
-        pool_size: Database images drawn as candidates (None: the whole database).
-        every_n_epochs: Refresh period.
-        seed: Seed of the random subsets.
+        cache_negatives: Database images drawn as the negative pool of each sub-epoch
+            (None: the whole database). The references use 1,000.
+        positive: ``nearest`` (descriptor-nearest GPS positive) or ``random``.
+        search_backend: Search for negatives (None: the task's ``search_backend``).
+        seed: Seed of the negative pools.
 
     """
 
-    def __init__(self, query_fraction: float = 1.0, pool_size: int | None = None, every_n_epochs: int = 1,
-                 seed: int = 0) -> None:  # fmt: skip
-        if not 0 < query_fraction <= 1:
-            raise ValueError(f"query_fraction must lie in (0, 1], got {query_fraction}")
-        if pool_size is not None and pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.query_fraction, self.pool_size = query_fraction, pool_size
-        self.every_n_epochs, self.seed = every_n_epochs, seed
+    def __init__(self, cache_negatives: int | None = 1000, positive: Literal["nearest", "random"] = "nearest",
+                 search_backend: Backend | None = None, seed: int = 0) -> None:  # fmt: skip
+        if cache_negatives is not None and cache_negatives < 1:
+            raise ValueError(f"cache_negatives must be >= 1 or None, got {cache_negatives}")
+        if positive not in ("nearest", "random"):
+            raise ValueError(f"positive must be 'nearest' or 'random', got {positive!r}")
+        self.cache_negatives, self.positive, self.seed = cache_negatives, positive, seed
+        self.search_backend = search_backend
         self.refreshes = 0
-        self._restored: torch.Tensor | None = None
-        self._dataset: Any = None
+        self.random_fills = 0
+        self._restored: dict[str, Any] | None = None
+        self._batches = 0
+        self._trainer: pl.Trainer | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -49,69 +71,151 @@ class HardNegativeMining(pl.Callback):
         if not hasattr(pl_module, "training_descriptors"):
             raise TypeError(f"HardNegativeMining needs a task with training_descriptors(), got {type(pl_module).__name__}")
         dataset = getattr(datamodule_of(trainer), "train_dataset", None)
-        if dataset is None or not hasattr(dataset, "set_negatives"):
-            raise TypeError("HardNegativeMining needs a datamodule whose train_dataset has set_negatives()")
-        self._dataset = dataset
+        if dataset is None or not hasattr(dataset, "set_tuples"):
+            raise TypeError("HardNegativeMining needs a datamodule whose train_dataset has set_tuples()")
+        self._trainer = trainer
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._restored is not None:  # resume: the mined table of the saved run
-            datamodule_of(trainer).train_dataset.negatives.copy_(self._restored)
-            self._restored = None
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = datamodule_of(trainer).train_dataset
+        saved, self._restored = self._restored, None
+        if saved is None:  # a new run
+            self.mine(trainer, pl_module, 0)
+        elif not saved["finished"]:  # resumed inside a sub-epoch: finish it on its own tuples
+            table = saved["tuples"]
+            dataset.set_tuples(saved["subepoch"], table[:, 0].numpy(), table[:, 1].numpy(), table[:, 2:].numpy(),
+                               database=saved["database"].numpy())  # fmt: skip
+            self._batches = saved["batches"]
+        else:  # resumed at a sub-epoch's end: the next one, mined with the restored weights
+            self.mine(trainer, pl_module, saved["subepoch"] + 1)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch % self.every_n_epochs:
-            return
         dataset = datamodule_of(trainer).train_dataset
-        rng = np.random.default_rng([self.seed, trainer.current_epoch])
-        n_q = len(dataset)
-        queries = np.sort(rng.choice(n_q, max(1, round(self.query_fraction * n_q)), replace=False))
+        if trainer.current_epoch > 0 and not (dataset.subepoch == trainer.current_epoch and dataset.mined):
+            self.mine(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        self._batches += 1
+
+    def mine(self, trainer: pl.Trainer, pl_module: pl.LightningModule, k: int) -> None:
+        """Mine and install the tuples of sub-epoch ``k``."""
+        task: Any = pl_module
+        dataset = datamodule_of(trainer).train_dataset
+        queries = dataset.subepoch_queries(k)
         n_db = dataset.bank.num_database
-        pool = np.arange(n_db) if self.pool_size is None else np.sort(rng.choice(n_db, min(n_db, self.pool_size), replace=False))
-        # Only the chosen queries and the pool are encoded (one request: one pass).
-        q_ids = dataset.query_image_index(queries)
-        wanted = np.concatenate([pool, q_ids])  # pool ids < n_db <= query ids: sorted, distinct
-        desc = cast(Any, pl_module).training_descriptors(wanted)
-        negatives = mine_hardest(desc[len(pool) :], desc[: len(pool)], pool,
-                                 [dataset.non_negatives[i] for i in queries], dataset.num_negatives,
-                                 [dataset.negatives[i].numpy() for i in queries])  # fmt: skip
-        negatives = trainer.strategy.broadcast(negatives, src=0)
-        dataset.set_negatives(torch.from_numpy(queries), negatives)
+        rng = np.random.default_rng([self.seed, k])
+        if self.cache_negatives is None or self.cache_negatives >= n_db:
+            pool = np.arange(n_db)
+        else:
+            pool = np.sort(rng.choice(n_db, self.cache_negatives, replace=False))
+        gps_positives = [dataset.positives[q] for q in queries]
+        database = np.union1d(np.concatenate(gps_positives), pool)
+        # One request, one encoding pass: database ids < query ids, so rows stay in this order.
+        desc = task.training_descriptors(np.concatenate([database, dataset.query_image_index(queries)]))
+        db_desc, q_desc = desc[: len(database)], desc[len(database) :]
+        if self.positive == "nearest":
+            positives = nearest_positive(q_desc, db_desc, database, gps_positives)
+        else:
+            positives = np.array([rng.choice(p) for p in gps_positives], dtype=np.int64)
+        backend: Backend = self.search_backend or task.hparams.get("search_backend", "torch")
+        pool_rows = np.searchsorted(database, pool)
+        negatives = mine_hardest(q_desc, db_desc[torch.from_numpy(pool_rows).to(db_desc.device)], pool,
+                                 [dataset.non_negatives[q] for q in queries], dataset.num_negatives,
+                                 backend=backend).numpy()  # fmt: skip
+        short = np.flatnonzero((negatives < 0).any(1))
+        for row in short:  # too few valid negatives in the pool: random ones fill the gaps
+            fill = [c for c in dataset.random_negatives(int(queries[row]), rng) if c not in negatives[row]]
+            gaps = np.flatnonzero(negatives[row] < 0)
+            negatives[row, gaps] = fill[: len(gaps)]
+        table = torch.from_numpy(np.concatenate([positives[:, None], negatives], 1))
+        table = trainer.strategy.broadcast(table, src=0)
+        dataset.set_tuples(k, queries, table[:, 0].numpy(), table[:, 1:].numpy(), database=database)
         self.refreshes += 1
+        self.random_fills += len(short)
+        self._batches = 0
+        if k == 0:
+            rank_zero_info(f"HardNegativeMining: sub-epochs of {len(queries)} queries, {len(pool)} pool images, "
+                           f"{len(database)} database images encoded per sub-epoch")  # fmt: skip
+        for logger in trainer.loggers:
+            logger.log_metrics({"mining/encoded_database": float(len(database)),
+                                "mining/random_filled_queries": float(len(short))}, step=trainer.global_step)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        table = None if self._dataset is None else self._dataset.negatives.clone()
-        return {"refreshes": self.refreshes, "negatives": table}
+        dataset = None if self._trainer is None else getattr(datamodule_of(self._trainer), "train_dataset", None)
+        if dataset is None or dataset.subepoch < 0:
+            return {"refreshes": self.refreshes}
+        assert self._trainer is not None
+        return {"refreshes": self.refreshes, "subepoch": dataset.subepoch, "tuples": dataset.tuples.clone(),
+                "database": torch.from_numpy(dataset.subepoch_database.copy()), "batches": self._batches,
+                "finished": self._batches >= self._trainer.num_training_batches}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.refreshes = state_dict["refreshes"]
-        if state_dict.get("negatives") is not None:
-            self._restored = state_dict["negatives"].clone()
+        if "tuples" in state_dict:
+            self._restored = dict(state_dict)
+
+
+def nearest_positive(queries: torch.Tensor, database: torch.Tensor, database_ids: np.ndarray,
+                     gps_positives: list[np.ndarray], chunk: int = 65536) -> np.ndarray:  # fmt: skip
+    """Each query's GPS positive nearest in descriptor space (ties: the lower id).
+
+    Args:
+        queries: ``(Q, D)`` query descriptors.
+        database: ``(N, D)`` descriptors of the sorted database ids ``database_ids``.
+        database_ids: ``(N,)`` sorted database ids, holding every GPS positive.
+        gps_positives: Per query, its candidate database ids (sorted, non-empty).
+        chunk: (query, positive) pairs per distance block.
+
+    Returns:
+        ``(Q,)`` int64 database ids.
+
+    """
+    counts = np.array([len(p) for p in gps_positives])
+    if (counts == 0).any():
+        raise ValueError("every query needs at least one GPS positive")
+    flat = np.concatenate(gps_positives)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    rows = torch.from_numpy(np.searchsorted(database_ids, flat)).to(database.device)
+    owner_t = torch.from_numpy(owner).to(queries.device)
+    dist = torch.cat([(queries[owner_t[i : i + chunk]].float() - database[rows[i : i + chunk]].float()).pow(2).sum(1)
+                      for i in range(0, len(flat), chunk)]).cpu().numpy()  # fmt: skip
+    order = np.lexsort((flat, dist, owner))  # per query: nearest first, then lower id
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return flat[order[starts]]
 
 
 def mine_hardest(queries: torch.Tensor, pool: torch.Tensor, pool_ids: np.ndarray, non_negatives: list[np.ndarray],
-                 m: int, fallback: list[np.ndarray]) -> torch.Tensor:  # fmt: skip
+                 m: int, backend: Backend = "torch") -> torch.Tensor:  # fmt: skip
     """The ``m`` nearest pool items of each query that are not among its non-negatives.
+
+    One k-nearest-neighbour search (``k = m`` plus the most non-negatives any query has in
+    the pool) and a vectorised filter; no full distance matrix.
 
     Args:
         queries: ``(Q, D)`` query descriptors.
         pool: ``(P, D)`` candidate descriptors.
-        pool_ids: ``(P,)`` database ids of the candidates.
+        pool_ids: ``(P,)`` sorted database ids of the candidates.
         non_negatives: Per query, database ids that must not be negatives (within the radius).
         m: Negatives per query.
-        fallback: Per query, the current negatives, kept when fewer than ``m`` candidates are valid.
+        backend: Search backend (see :func:`~structvpr.retrieval.search.knn`).
 
     Returns:
-        ``(Q, m)`` int64 database ids, hardest first.
+        ``(Q, m)`` int64 database ids, hardest first; ``-1`` where fewer than ``m`` are valid.
 
     """
-    dist = torch.cdist(queries.float(), pool.float())
-    out = torch.empty(len(queries), m, dtype=torch.long)
-    for i, banned in enumerate(non_negatives):
-        d = dist[i].clone()
-        d[torch.from_numpy(np.isin(pool_ids, banned))] = float("inf")
-        order = torch.argsort(d)[:m]
-        if torch.isinf(d[order]).any():
-            out[i] = torch.from_numpy(np.asarray(fallback[i]))
-        else:
-            out[i] = torch.from_numpy(pool_ids[order.numpy()])
-    return out
+    num_q = len(non_negatives)
+    counts = np.array([len(b) for b in non_negatives])
+    banned = np.concatenate([*non_negatives, np.zeros(0, dtype=np.int64)]).astype(np.int64)
+    owner = np.repeat(np.arange(num_q), counts)
+    in_pool = np.isin(banned, pool_ids)
+    depth = m + int(np.bincount(owner[in_pool], minlength=num_q).max(initial=0))
+    idx = knn(queries, pool, depth, backend=backend).cpu().numpy()
+    candidates = pool_ids[idx]  # (Q, min(depth, P))
+    stride = int(max(pool_ids.max(initial=0), banned.max(initial=0))) + 1
+    bad = np.isin(np.arange(num_q)[:, None] * stride + candidates, owner * stride + banned)
+    order = np.argsort(bad, axis=1, kind="stable")[:, :m]  # valid first, each group in rank order
+    out = np.full((num_q, m), -1, dtype=np.int64)
+    chosen = np.take_along_axis(candidates, order, 1)
+    valid = ~np.take_along_axis(bad, order, 1)
+    out[:, : chosen.shape[1]] = np.where(valid, chosen, -1)
+    return torch.from_numpy(out)

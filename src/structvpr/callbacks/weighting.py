@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -10,6 +10,8 @@ import torch
 
 from structvpr.callbacks._access import datamodule_of
 from structvpr.metrics.recall import first_positive_rank
+from structvpr.retrieval.search import Backend
+from structvpr.utils.memory import check_memory
 
 NOISY, TEACHABLE, CONSISTENT = 0, 1, 2
 GROUP_NAMES = ("noisy", "teachable", "consistent")
@@ -32,7 +34,7 @@ def sample_weights(teacher_ranks: torch.Tensor, student_ranks: torch.Tensor, tau
         alpha: Sharpness.
 
     Returns:
-        ``(Q,)`` float32 weights in [0, 1].
+        ``(Q,)`` float32 weights in [0, 1] (before any rescaling to mean 1).
 
     """
     r_t, r_s = teacher_ranks.double(), student_ranks.double()
@@ -47,118 +49,170 @@ def mean_one(weights: torch.Tensor) -> torch.Tensor:
 
 
 class SampleWeighting(pl.Callback):
-    """Sets the distillation weight of every training query at the start of each epoch (DESIGN 1.4).
+    """Sets the distillation weight of each sub-epoch's training queries (DESIGN 1.4).
 
-    ``r_T`` (the teacher's rank of the first positive, retrieving over the training
-    database) is computed once; ``r_S`` uses the student's descriptors of the epoch, which
-    hard-negative mining shares. Ranks beyond ``max_rank`` count as ``max_rank + 1``.
-    Weights are computed on rank 0 and broadcast, so every process trains with the same
-    ones. Group sizes, mean weight per group and a weight histogram are logged.
+    For every query of the sub-epoch, ``r_T`` and ``r_S`` are the ranks of its first true
+    positive (within ``radius``) when the teacher (label maps) and the current student
+    (RGB) retrieve; ranks beyond ``max_rank`` count as ``max_rank + 1``. Which database they
+    retrieve over is ``ranks``:
+
+    - ``subepoch`` (default, any dataset size): the database images the sub-epoch already
+      encodes for mining (its queries' GPS positives and the sampled negative pool), so the
+      weighting adds no student encoding pass and one teacher pass over the same set;
+      nothing scales with the training set. This set holds every positive within the
+      positive radius and a random sample of the rest, so a rank here estimates the
+      global one with the distractors thinned out by ``pool / database``: ranks are
+      smaller, but teacher and student are compared on the same set, which is what the
+      partition uses (see the README for a measured comparison).
+    - ``global``: the whole training database, as in the paper: ``r_T`` is computed once
+      (the teacher is frozen), ``r_S`` for the sub-epoch's queries with the student's
+      descriptors of the whole database, every sub-epoch. For small training sets
+      (Pittsburgh 30k); the teacher's descriptors of every training image must fit in
+      memory (checked up front, for all processes on the host).
+
+    Weights are computed identically on every process and broadcast from rank 0. Group
+    sizes, mean weight per group and a histogram of the sub-epoch are logged, with
+    ``weighting/global_ranks`` saying which rank set ran.
 
     Args:
         tau: Teacher rank above which a query is noisy (weight 0).
         alpha: Sharpness of ``sigmoid(alpha * (ln r_S - ln r_T))``.
         max_rank: Search depth for the ranks.
-        query_fraction: Fraction of training queries whose ``r_S`` is refreshed per epoch
-            (the rest keep their weights), for very large training sets.
-        every_n_epochs: Refresh period.
+        ranks: ``subepoch`` or ``global`` (see above).
         radius: Metres within which a database image is a true positive.
-        seed: Seed of the query subsets.
         uniform: Ablation: compute and log the groups, but train with every weight 1.
-        normalize: Rescale the weights to mean 1 over the training queries, so that the
-            total distillation signal equals uniform distillation at the same lambda and
-            the weighting only redistributes it (noisy queries keep 0).
+        normalize: Rescale each sub-epoch's weights to mean 1 (noisy queries keep 0), so
+            that StructVPR weights and uniform weights distil the same total at the same
+            ``distill_weight`` and the comparison is between choices, not amounts. Without
+            it the weighted run distils ``mean(w)`` times less than the uniform one.
 
     """
 
-    def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100, query_fraction: float = 1.0,
-                 every_n_epochs: int = 1, radius: float = 25.0, seed: int = 0, uniform: bool = False,
-                 normalize: bool = False) -> None:  # fmt: skip
+    def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100,
+                 ranks: Literal["subepoch", "global"] = "subepoch", radius: float = 25.0, uniform: bool = False,
+                 normalize: bool = True) -> None:  # fmt: skip
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if max_rank < tau:
             raise ValueError(f"max_rank must be >= tau, got max_rank={max_rank}, tau={tau}")
-        if not 0 < query_fraction <= 1:
-            raise ValueError(f"query_fraction must lie in (0, 1], got {query_fraction}")
-        if every_n_epochs < 1 or radius <= 0:
-            raise ValueError(f"need every_n_epochs >= 1 and radius > 0, got {every_n_epochs}, {radius}")
-        self.tau, self.alpha, self.max_rank = tau, alpha, max_rank
-        self.query_fraction, self.every_n_epochs, self.radius, self.seed = query_fraction, every_n_epochs, radius, seed
-        if uniform and normalize:
-            raise ValueError("uniform and normalize exclude each other")
+        if ranks not in ("subepoch", "global"):
+            raise ValueError(f"ranks must be 'subepoch' or 'global', got {ranks!r}")
+        if radius <= 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        self.tau, self.alpha, self.max_rank, self.ranks, self.radius = tau, alpha, max_rank, ranks, radius
         self.uniform, self.normalize = uniform, normalize
         self.teacher_ranks: torch.Tensor | None = None
         self.student_ranks: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
+        self.subepoch = -1
         self.last_stats: dict[str, float] = {}
+        self._global_teacher_ranks: torch.Tensor | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for needed in ("set_sample_weights", "teacher_training_descriptors", "training_descriptors"):
+        for needed in ("set_sample_weights", "teacher_descriptors", "training_descriptors"):
             if not hasattr(pl_module, needed):
                 raise TypeError(f"SampleWeighting needs a distillation task with {needed}(), got {type(pl_module).__name__}")
+        from structvpr.callbacks.mining import HardNegativeMining
 
-    def _ranks(self, descriptors: Any, dataset: Any, queries: np.ndarray) -> torch.Tensor:
-        """Ranks of training ``queries``; ``descriptors(ids)`` gives the descriptors of bank ids."""
-        bank = dataset.bank
-        q_ids = dataset.query_image_index(queries)
-        n_db = bank.num_database
-        desc = descriptors(np.concatenate([np.arange(n_db), q_ids])).cpu()  # the whole database: ranks are global
-        ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank,
-                                       query_utm=bank.utm[q_ids], database_utm=bank.utm[:n_db],
-                                       radius=self.radius)  # fmt: skip
-        return ranks
+        names = [type(c).__name__ for c in trainer.callbacks]  # type: ignore[attr-defined]
+        miners = [i for i, c in enumerate(trainer.callbacks) if isinstance(c, HardNegativeMining)]  # type: ignore[attr-defined]
+        if not miners or miners[0] > names.index(type(self).__name__):
+            raise ValueError("SampleWeighting ranks each sub-epoch's mined set: put HardNegativeMining before it "
+                             f"in trainer.callbacks (now: {names})")  # fmt: skip
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.weights is not None:  # resume: the weights of the saved run until the next refresh
+        if self.weights is not None:  # resume: the saved sub-epoch's weights
             cast(Any, pl_module).set_sample_weights(self.weights)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch % self.every_n_epochs and self.weights is not None:
-            return
         dataset = datamodule_of(trainer).train_dataset
-        n = len(dataset)
-        if self.teacher_ranks is None:
-            teacher = cast(Any, pl_module).teacher_training_descriptors()
-            self.teacher_ranks = self._ranks(lambda ids: teacher[torch.from_numpy(ids)], dataset, np.arange(n))
-        if self.student_ranks is None:
+        if dataset.subepoch == self.subepoch:
+            return  # resumed inside this sub-epoch: its weights are restored
+        task: Any = pl_module
+        n = dataset.num_training_queries
+        if self.weights is None or len(self.weights) != n:
+            self.teacher_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
             self.student_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
-            chosen = np.arange(n)
+            self.weights = torch.ones(n)
+        assert self.teacher_ranks is not None and self.student_ranks is not None
+        queries = dataset.tuples[:, 0].numpy()
+        q_ids = dataset.query_image_index(queries)
+        backend: Backend = getattr(task.hparams, "search_backend", "torch")
+        if self.ranks == "subepoch":
+            database = dataset.subepoch_database
+            r_t = self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend)
         else:
-            rng = np.random.default_rng([self.seed, trainer.current_epoch])
-            chosen = np.sort(rng.choice(n, max(1, round(self.query_fraction * n)), replace=False))
-        self.student_ranks[chosen] = self._ranks(cast(Any, pl_module).training_descriptors, dataset, chosen)
-        weights = sample_weights(self.teacher_ranks, self.student_ranks, self.tau, self.alpha)
+            database = np.arange(dataset.bank.num_database)
+            if self._global_teacher_ranks is None:
+                self._global_teacher_ranks = self._global_teacher(task, dataset, backend)
+            r_t = self._global_teacher_ranks[torch.from_numpy(queries)]
+        r_s = self._ranks(task.training_descriptors, database, q_ids, dataset, backend)
+        weights = sample_weights(r_t, r_s, self.tau, self.alpha)
         if self.uniform:
             weights = torch.ones_like(weights)
         elif self.normalize:
             weights = mean_one(weights)
-        self.weights = trainer.strategy.broadcast(weights, src=0)
-        cast(Any, pl_module).set_sample_weights(self.weights)
-        self._log(trainer)
+        chosen = torch.from_numpy(queries)
+        self.teacher_ranks[chosen], self.student_ranks[chosen] = r_t, r_s
+        self.weights[chosen] = weights
+        self.weights = trainer.strategy.broadcast(self.weights, src=0)
+        self.subepoch = dataset.subepoch
+        task.set_sample_weights(self.weights)
+        self._log(trainer, chosen, len(database))
 
-    def _log(self, trainer: pl.Trainer) -> None:
+    def _ranks(self, descriptors: Any, database: np.ndarray, q_ids: np.ndarray, dataset: Any,
+               backend: Backend) -> torch.Tensor:  # fmt: skip
+        """Ranks of the queries ``q_ids`` over ``database`` (bank ids); ``descriptors(ids)`` encodes."""
+        desc = descriptors(np.concatenate([database, q_ids]))  # one request, one pass
+        utm = dataset.bank.utm
+        ranks, _ = first_positive_rank(desc[len(database) :], desc[: len(database)], self.max_rank,
+                                       query_utm=utm[q_ids], database_utm=utm[database], radius=self.radius,
+                                       backend=backend)  # fmt: skip
+        return ranks.cpu()
+
+    def _global_teacher(self, task: Any, dataset: Any, backend: Backend) -> torch.Tensor:
+        """``r_T`` of every training query over the whole training database (once: the teacher is frozen)."""
+        n_db = dataset.bank.num_database
+        q_ids = dataset.query_image_index(np.arange(dataset.num_training_queries))
+        ids = np.concatenate([np.arange(n_db), q_ids])
+        check_memory(len(ids) * task.teacher.pooled_dim * 4, task.device, task.trainer,
+                     "teacher descriptors of every training image (SampleWeighting(ranks='global'))",
+                     "use SampleWeighting(ranks='subepoch'), which ranks over each sub-epoch's encoded set")  # fmt: skip
+        desc = task.encode_images(ids, task.teacher, "label")
+        utm = dataset.bank.utm
+        ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank, query_utm=utm[q_ids],
+                                       database_utm=utm[:n_db], radius=self.radius, backend=backend)  # fmt: skip
+        return ranks.cpu()
+
+    def _log(self, trainer: pl.Trainer, chosen: torch.Tensor, database_size: int) -> None:
         assert self.teacher_ranks is not None and self.student_ranks is not None and self.weights is not None
-        groups = partition(self.teacher_ranks, self.student_ranks, self.tau)
+        r_t, r_s, w = self.teacher_ranks[chosen], self.student_ranks[chosen], self.weights[chosen]
+        groups = partition(r_t, r_s, self.tau)
         stats: dict[str, float] = {}
         for g, name in enumerate(GROUP_NAMES):
             members = groups == g
             stats[f"weighting/{name}_count"] = float(members.sum())
-            stats[f"weighting/{name}_mean_weight"] = float(self.weights[members].mean()) if members.any() else 0.0
-        stats["weighting/mean_weight"] = float(self.weights.mean())
+            stats[f"weighting/{name}_mean_weight"] = float(w[members].mean()) if members.any() else 0.0
+        stats["weighting/mean_weight"] = float(w.mean())
+        stats["weighting/global_ranks"] = float(self.ranks == "global")
+        stats["weighting/rank_database_size"] = float(database_size)
         self.last_stats = stats
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=trainer.global_step)
-            _log_histogram(logger, "weighting/weights", self.weights, trainer.global_step)
+            _log_histogram(logger, "weighting/weights", w, trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher_ranks": self.teacher_ranks, "student_ranks": self.student_ranks, "weights": self.weights}
+        return {"teacher_ranks": self.teacher_ranks, "student_ranks": self.student_ranks, "weights": self.weights,
+                "subepoch": self.subepoch, "global_teacher_ranks": self._global_teacher_ranks}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.teacher_ranks = state_dict["teacher_ranks"]
         self.student_ranks = state_dict["student_ranks"]
         self.weights = state_dict["weights"]
+        self.subepoch = state_dict.get("subepoch", -1)
+        self._global_teacher_ranks = state_dict.get("global_teacher_ranks")
 
 
 def _log_histogram(logger: Any, name: str, values: torch.Tensor, step: int) -> None:

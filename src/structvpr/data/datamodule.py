@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytorch_lightning as pl
 from lightning_fabric.utilities.data import AttributeDict
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
 from structvpr.data import synthetic
 from structvpr.data.benchmarks import TRAINING_SPLITS, VALIDATION_SPLITS, load_benchmark
-from structvpr.data.datasets import FolderDataset, ImageDataset, TripletDataset, joint_transform
+from structvpr.data.datasets import EncodingView, FolderDataset, ImageDataset, TripletDataset, joint_transform
 from structvpr.data.formats import SplitManifest
 from structvpr.data.labels import ClassGrouping, cityscapes_grouping
 from structvpr.data.vg import ImageRecord, read_split
@@ -47,7 +48,14 @@ class VPRDataModule(pl.LightningDataModule):
         eval_radius: A retrieved database image within this many metres is correct.
         with_labels: Load label maps (needed by the teacher and by distillation).
         grouping: Name of the label grouping (``cityscapes``).
-        augment: Random resized crop and colour jitter on training images.
+        augment: Colour jitter on training RGB (photometric only: label maps are untouched).
+        crop_scale: Random crops of at least this fraction of the image area, with the source's
+            aspect ratio, on training images and their label maps (None: the full frame, resized
+            as in evaluation, the reference default on real photos). A geometric augmentation
+            makes a teacher cache inexact: distillation then runs the teacher on each batch.
+        cache_queries: Training queries per sub-epoch (one Lightning epoch): each sub-epoch
+            mines and trains on the tuples of this many queries (None: all of them, one
+            sub-epoch per pass). The references use 1,000.
         synthetic_preset: When ``root`` does not exist, generate the synthetic world with
             this preset there (``None`` to raise instead).
         synthetic_seed: Seed of the generated world.
@@ -75,7 +83,8 @@ class VPRDataModule(pl.LightningDataModule):
                  batch_size: int = 8, eval_batch_size: int = 64, num_negatives: int = 4,
                  num_workers: int = 0, train_pos_radius: float = 10.0, train_neg_radius: float = 25.0,
                  eval_radius: float = 25.0, with_labels: bool = True, grouping: str = "cityscapes",
-                 augment: bool = True, synthetic_preset: str | None = "demo", synthetic_seed: int = 0,
+                 augment: bool = True, crop_scale: float | None = None, cache_queries: int | None = None,
+                 synthetic_preset: str | None = "demo", synthetic_seed: int = 0,
                  synthetic_label_noise: float | None = None, seed: int = 0,
                  predict_database: str | None = None, predict_queries: str | None = None,
                  cache_images: bool = False, val_split: str = "val", test_split: str = "test",
@@ -88,6 +97,10 @@ class VPRDataModule(pl.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if crop_scale is not None and not 0 < crop_scale <= 1:
+            raise ValueError(f"crop_scale must lie in (0, 1] or be None, got {crop_scale}")
+        if cache_queries is not None and cache_queries < 1:
+            raise ValueError(f"cache_queries must be >= 1 or None, got {cache_queries}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if synthetic_preset is not None and synthetic_preset not in synthetic.PRESETS:
@@ -144,9 +157,9 @@ class VPRDataModule(pl.LightningDataModule):
     def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
                  share: ImageDataset | None = None) -> ImageDataset:  # fmt: skip
         hp = self.hp
-        dataset = ImageDataset(database, queries,
-                               joint_transform(self.image_size, train=train_transform and hp.augment),  # type: ignore[arg-type]
-                               self.grouping, hp.with_labels)  # fmt: skip
+        transform = joint_transform(self.image_size, train=train_transform, photometric=hp.augment,  # type: ignore[arg-type]
+                                    crop_scale=hp.crop_scale)  # fmt: skip
+        dataset = ImageDataset(database, queries, transform, self.grouping, hp.with_labels)
         if share is not None:  # same files, other transform: reuse the decoded cache
             dataset._cache = share._cache
         elif hp.cache_images:
@@ -176,7 +189,7 @@ class VPRDataModule(pl.LightningDataModule):
                                  self.train_images.records[self.train_images.num_database :],
                                  train_transform=True, share=self.train_images)  # fmt: skip
             self.train_dataset = TripletDataset(bank, hp.num_negatives, hp.train_pos_radius,
-                                                hp.train_neg_radius, hp.seed)  # fmt: skip
+                                                hp.train_neg_radius, hp.seed, hp.cache_queries)  # fmt: skip
         if stage in ("fit", "validate", None) and self.val_dataset is None:
             self.val_dataset = self._eval_set("val", hp.val_benchmark, hp.val_split)
         if stage in ("test", None) and self.test_dataset is None:
@@ -209,10 +222,21 @@ class VPRDataModule(pl.LightningDataModule):
         assert self.predict_dataset is not None, "call setup('predict') first"
         return self._loader(self.predict_dataset, self.hp.eval_batch_size, shuffle=False)
 
-    def train_images_dataloader(self, ids: Sequence[int] | None = None) -> DataLoader[Any]:
-        """Training images (database then queries), un-augmented, for encoding passes: all of
-        them, or the bank ids ``ids`` in the given order."""  # noqa: D205
+    def train_images_dataloader(self, ids: Sequence[int] | np.ndarray | None = None,
+                                key: str = "image") -> DataLoader[Any]:  # fmt: skip
+        """Training images (database then queries), un-augmented, for encoding passes.
+
+        Args:
+            ids: Bank ids to encode, in this order (None: all of them).
+            key: The one input the pass reads, ``image`` (RGB) or ``label`` (one-hot maps).
+
+        Returns:
+            A loader of ``{key: (B, C, H, W), "index": (B,)}`` batches (``index``: position
+            in ``ids``), using the datamodule's worker processes.
+        """
         assert self.train_images is not None, "call setup('fit') first"
-        dataset: Dataset[Any] = self.train_images if ids is None else Subset(self.train_images, list(map(int, ids)))
-        return DataLoader(dataset, batch_size=self.hp.eval_batch_size, shuffle=False, num_workers=0)
+        ids = np.arange(len(self.train_images)) if ids is None else np.asarray(ids, dtype=np.int64)
+        workers = self.hp.num_workers if len(ids) > self.hp.eval_batch_size else 0
+        return DataLoader(EncodingView(self.train_images, ids, key), batch_size=self.hp.eval_batch_size,
+                          shuffle=False, num_workers=workers)  # fmt: skip
 

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2._utils import query_size
 
 from structvpr.data.labels import ClassGrouping, load_label_map
 from structvpr.data.vg import ImageRecord, list_images, utm_array
@@ -36,22 +37,65 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot decode image ({err})") from err
 
 
-def joint_transform(image_size: tuple[int, int], train: bool) -> v2.Compose:
+class SourceAspectResizedCrop(v2.RandomResizedCrop):
+    """A random crop with the source image's own aspect ratio, resized to ``size``.
+
+    The crop keeps a fraction ``s ~ U(scale)`` of the image area, with the height and the
+    width both shrunk by ``sqrt(s)``, so the content is zoomed by at most
+    ``1 / sqrt(min(scale))`` and never stretched more than evaluation's plain resize of the
+    full frame stretches it: a 640x480 photo and a 2:1 panorama cutout alike. (A fixed ratio
+    range, as torchvision's own ``RandomResizedCrop`` draws, crops a 4:3 photo to the same
+    wide band every time and stretches it.)
+    """
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float] = (0.8, 1.0)) -> None:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale}")
+        super().__init__(size, scale=scale, antialias=True)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = query_size(flat_inputs)
+        side = float(torch.empty(1).uniform_(self.scale[0], self.scale[1])) ** 0.5
+        h, w = max(1, round(height * side)), max(1, round(width * side))
+        top = int(torch.randint(0, height - h + 1, (1,)))
+        left = int(torch.randint(0, width - w + 1, (1,)))
+        return {"top": top, "left": left, "height": h, "width": w}
+
+
+def joint_transform(image_size: tuple[int, int], train: bool, photometric: bool = True,
+                    crop_scale: float | None = None) -> v2.Compose:  # fmt: skip
     """Transforms applied to a ``tv_tensors.Image`` and ``tv_tensors.Mask`` together.
 
-    Geometric steps (resized crop) move both; photometric steps (colour jitter,
-    normalisation) touch the RGB only, since v2 passes masks through them unchanged.
+    Evaluation resizes the full frame to ``image_size``. Training does the same by default,
+    as the NetVLAD, MSLS and VG-benchmark references do on real photos, with colour jitter
+    on the RGB only (``photometric``); ``crop_scale`` adds a random crop of at least that
+    fraction of the area, with the source's aspect ratio
+    (:class:`SourceAspectResizedCrop`), so training never sees a geometry evaluation does
+    not. Geometric steps move image and mask together; photometric steps and the
+    normalisation touch the RGB only, since v2 passes masks through them unchanged.
+
+    Args:
+        image_size: ``(H, W)`` fed to the networks.
+        train: Training transforms (else evaluation: resize and normalise).
+        photometric: Colour jitter on training RGB.
+        crop_scale: Smallest crop area fraction in ``(0, 1]`` (None: no crop).
     """
     steps: list[Any] = []
-    if train:
-        steps += [
-            v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), ratio=(1.8, 2.2), antialias=True),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
-        ]
+    if train and crop_scale is not None:
+        steps.append(SourceAspectResizedCrop(image_size, scale=(crop_scale, 1.0)))
     else:
         steps.append(v2.Resize(image_size, antialias=True))
+    if train and photometric:
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(steps)
+
+
+def is_geometric(transform: Any) -> bool:
+    """Whether a joint transform moves pixels at random (so the same image gives other views)."""
+    steps = getattr(transform, "transforms", [transform])
+    return any(isinstance(t, (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine))
+               for t in steps)
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
@@ -99,14 +143,34 @@ class ImageDataset(Dataset[dict[str, Any]]):
         if self._cache is not None:
             return self._cache[i]
         rec = self.records[i]
-        image = torch.from_numpy(load_rgb(rec.path)).permute(2, 0, 1)
+        image = self.read_rgb(i)
         if not self.with_labels:
             return image, None
-        assert rec.label_path is not None and self.grouping is not None
-        label = load_label_map(rec.label_path, self.grouping)
+        label = self._read_label(i)
         if label.shape != tuple(image.shape[-2:]):
-            raise ValueError(f"{rec.label_path}: label map is {label.shape}, image is {tuple(image.shape[-2:])}")
-        return image, torch.from_numpy(label)
+            raise ValueError(f"{rec.label_path}: label map is {tuple(label.shape)}, image is {tuple(image.shape[-2:])}")
+        return image, label
+
+    def _read_label(self, i: int) -> torch.Tensor:
+        rec = self.records[i]
+        assert rec.label_path is not None and self.grouping is not None
+        return torch.from_numpy(load_label_map(rec.label_path, self.grouping))
+
+    def encode_item(self, i: int, key: str) -> dict[str, Any]:
+        """``{key: input, "index": i}`` decoding only that input (``image`` or ``label``), for encoding passes."""
+        if key == "image":
+            image = self._cache[i][0] if self._cache is not None else self.read_rgb(i)
+            return {"image": self.transform(tv_tensors.Image(image)).as_subclass(torch.Tensor), "index": i}
+        if key != "label" or self.grouping is None:
+            raise ValueError(f"key must be 'image' or 'label' (with a grouping), got {key!r}")
+        label = self._cache[i][1] if self._cache is not None else self._read_label(i)
+        assert label is not None
+        mask = self.transform(tv_tensors.Mask(label))
+        return {"label": self.grouping.one_hot(mask.as_subclass(torch.Tensor)), "index": i}
+
+    def read_rgb(self, i: int) -> torch.Tensor:
+        """Decoded ``(3, H, W)`` uint8 RGB of record ``i``."""
+        return torch.from_numpy(load_rgb(self.records[i].path)).permute(2, 0, 1)
 
     def preload(self) -> None:
         """Decode every image (and label map) once and keep it in memory.
@@ -133,6 +197,23 @@ class ImageDataset(Dataset[dict[str, Any]]):
         if label is not None:
             item["label"] = label
         return item
+
+
+class EncodingView(Dataset[dict[str, Any]]):
+    """Chosen items of an :class:`ImageDataset` with one input each (``image`` or ``label``).
+
+    Encoding passes read only what they encode: a student pass decodes no label map and a
+    teacher pass no RGB. Items are ``{key: tensor, "index": position in ids}``.
+    """
+
+    def __init__(self, dataset: ImageDataset, ids: Sequence[int] | np.ndarray, key: str) -> None:
+        self.dataset, self.ids, self.key = dataset, np.asarray(ids, dtype=np.int64), key
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.dataset.encode_item(int(self.ids[i]), self.key), "index": i}
 
 
 class FolderDataset(Dataset[dict[str, Any]]):
@@ -180,31 +261,51 @@ def _contains(sorted_ids: np.ndarray, value: int) -> bool:
 
 
 class TripletDataset(Dataset[dict[str, Any]]):
-    """Training tuples (query, positive, M negatives) over a bank of database + query images.
+    """The training tuples (query, positive, M negatives) of one sub-epoch, over a bank of images.
 
     Image ids ``0 .. num_database-1`` are database images and the rest queries, as in
     :class:`ImageDataset`, so descriptors of the bank can be indexed by ``image_index``.
-    Only queries with a positive within ``pos_radius`` train. Negatives lie beyond
-    ``neg_radius``; they start random and are replaced by :meth:`set_negatives`. The
-    negative table lives in shared memory, so DataLoader workers, which hold a copy of the
-    dataset, read each refresh without being restarted.
+    Only queries with a positive within ``pos_radius`` train (``num_training_queries`` of
+    them); negatives lie beyond ``neg_radius``.
+
+    Training runs in sub-epochs, as in the MSLS and VG-benchmark references: sub-epoch ``k``
+    takes the next ``cache_queries`` training queries of a seeded permutation (a pass over
+    the permutation covers every query once, then a new permutation starts) and trains on
+    exactly their tuples. The tuples are rows of a table in shared memory, so DataLoader
+    workers, which hold a copy of the dataset, read each sub-epoch's tuples without being
+    restarted. :meth:`random_subepoch` fills it with a random GPS positive and random
+    negatives; :class:`~structvpr.callbacks.HardNegativeMining` fills it through
+    :meth:`set_tuples` with the descriptor-nearest positive and the hardest negatives.
+    ``len(self)`` is the sub-epoch's size, one Lightning epoch.
 
     Items are dicts with keys:
 
     - ``image``: ``(2 + M, 3, H, W)`` query, positive, negatives (RGB);
-    - ``label``: ``(2 + M, G, H, W)`` their one-hot label maps (when ``with_labels``);
-    - ``index``: int, training-query index in ``0 .. len(self) - 1``;
+    - ``label``: ``(2 + M, G, H, W)`` their one-hot label maps (when ``with_labels``), from
+      the same joint transform as the RGB;
+    - ``index``: int, training-query index in ``0 .. num_training_queries - 1``;
     - ``image_index``: ``(2 + M,)`` int64 ids in the image bank.
+
+    Args:
+        bank: The training images (database, then queries), with the training transform.
+        num_negatives: M.
+        pos_radius: Positives lie within this many metres.
+        neg_radius: Negatives lie beyond this many metres.
+        seed: Seed of the query order and of random tuples.
+        cache_queries: Queries per sub-epoch (None: all of them).
     """
 
     def __init__(self, bank: ImageDataset, num_negatives: int = 4, pos_radius: float = 10.0,
-                 neg_radius: float = 25.0, seed: int = 0) -> None:  # fmt: skip
+                 neg_radius: float = 25.0, seed: int = 0, cache_queries: int | None = None) -> None:  # fmt: skip
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         if not 0 < pos_radius <= neg_radius:
             raise ValueError(f"need 0 < pos_radius <= neg_radius, got {pos_radius}, {neg_radius}")
+        if cache_queries is not None and cache_queries < 1:
+            raise ValueError(f"cache_queries must be >= 1 or None, got {cache_queries}")
         self.bank = bank
         self.num_negatives = num_negatives
+        self.seed = seed
         db_utm = bank.utm[: bank.num_database].numpy()
         q_utm = bank.utm[bank.num_database :].numpy()
         positives = radius_neighbours(q_utm, db_utm, pos_radius)
@@ -214,25 +315,37 @@ class TripletDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"no training query has a database image within {pos_radius} m")
         #: Indices (among the bank's queries) of the queries that train.
         self.query_ids = np.array(keep, dtype=np.int64)
+        #: Per training query, the database ids within ``pos_radius`` (GPS positives), sorted.
         self.positives = [positives[i] for i in keep]
+        #: Per training query, the database ids within ``neg_radius`` (never negatives), sorted.
         self.non_negatives = [near[i] for i in keep]
-        rng = np.random.default_rng(seed)
-        table = np.stack([self._random_negatives(i, rng) for i in range(len(keep))])
-        self.negatives = torch.from_numpy(table).share_memory_()
+        self.cache_queries = len(keep) if cache_queries is None else min(cache_queries, len(keep))
+        #: Rows ``[training query, positive id, negative ids...]`` of the current sub-epoch.
+        self.tuples = torch.zeros(self.cache_queries, 2 + num_negatives, dtype=torch.long).share_memory_()
+        #: The sub-epoch the table holds, and whether its tuples were mined (else random).
+        self.subepoch, self.mined = -1, False
+        #: Database ids encoded for the current sub-epoch (its queries' positives and the mining pool).
+        self.subepoch_database = np.zeros(0, dtype=np.int64)
+        self._permutations: dict[int, np.ndarray] = {}
+        self.random_subepoch(0)
+
+    @property
+    def num_training_queries(self) -> int:
+        """Queries with a positive, which train (sub-epochs draw from them)."""
+        return len(self.query_ids)
 
     #: Above this many database images, random negatives are drawn by rejection instead of
     #: from the explicit allowed list, which costs O(database) per query: 76 s against 1.4 s
-    #: for 20,000 x 10,000 (benchmarks/triplet_setup.py). Small databases keep the exact
-    #: sampler: it also serves when few images are allowed, and it keeps the synthetic
-    #: world's published numbers.
+    #: for 20,000 x 10,000 (benchmarks/triplet_setup.py).
     EXACT_SAMPLING_MAX = 2_000
 
-    def _random_negatives(self, i: int, rng: np.random.Generator) -> np.ndarray:
+    def random_negatives(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """``M`` distinct random database ids beyond the negative radius of training query ``i``."""
         n_db, banned, m = self.bank.num_database, self.non_negatives[i], self.num_negatives
         if n_db - len(banned) < m:
             raise ValueError(f"only {n_db - len(banned)} database images lie beyond the negative radius")
         if n_db <= self.EXACT_SAMPLING_MAX or n_db - len(banned) < 2 * m:
-            return rng.choice(self.negative_candidates(i), m, replace=False)
+            return rng.choice(np.setdiff1d(np.arange(n_db), banned), m, replace=False)
         chosen: list[int] = []
         while len(chosen) < m:  # banned is a tiny fraction of a large database: few rounds
             for c in rng.integers(0, n_db, size=2 * m).tolist():
@@ -240,32 +353,79 @@ class TripletDataset(Dataset[dict[str, Any]]):
                     chosen.append(c)
         return np.array(chosen[:m], dtype=np.int64)
 
-    def negative_candidates(self, i: int) -> np.ndarray:
-        """Database ids that may serve as negatives of training query ``i``."""
-        return np.setdiff1d(np.arange(self.bank.num_database), self.non_negatives[i])
+    def _permutation(self, p: int) -> np.ndarray:
+        if p not in self._permutations:
+            self._permutations = {p: np.random.default_rng([self.seed, p]).permutation(self.num_training_queries)}
+        return self._permutations[p]
 
-    def set_negatives(self, indices: torch.Tensor | np.ndarray, negatives: torch.Tensor | np.ndarray) -> None:
-        """Replace the negatives of training queries ``indices`` with ``negatives``, ``(n, M)``."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        negatives = torch.as_tensor(negatives, dtype=torch.long)
-        if negatives.shape != (len(indices), self.num_negatives):
-            raise ValueError(f"negatives must be ({len(indices)}, {self.num_negatives}), got {tuple(negatives.shape)}")
-        self.negatives[indices] = negatives  # in place: workers share this storage
+    def subepoch_queries(self, k: int) -> np.ndarray:
+        """The ``cache_queries`` training queries of sub-epoch ``k`` (distinct, in draw order)."""
+        size, total = self.cache_queries, self.num_training_queries
+        parts: list[np.ndarray] = []
+        start, have = k * size, 0
+        while have < size:
+            p, offset = divmod(start, total)
+            take = self._permutation(p)[offset : offset + size - have]
+            parts.append(take)
+            start, have = start + len(take), have + len(take)
+        return np.concatenate(parts)
+
+    def random_subepoch(self, k: int) -> None:
+        """Fill the table with sub-epoch ``k``'s queries, a random GPS positive and random negatives each."""
+        queries = self.subepoch_queries(k)
+        rng = np.random.default_rng([self.seed, k, 1])
+        positives = np.array([rng.choice(self.positives[q]) for q in queries], dtype=np.int64)
+        negatives = np.stack([self.random_negatives(int(q), rng) for q in queries])
+        self.set_tuples(k, queries, positives, negatives, mined=False)
+
+    def set_tuples(self, k: int, queries: np.ndarray, positives: np.ndarray | torch.Tensor,
+                   negatives: np.ndarray | torch.Tensor, mined: bool = True,
+                   database: np.ndarray | None = None) -> None:  # fmt: skip
+        """Make sub-epoch ``k`` train on these tuples.
+
+        Args:
+            k: Sub-epoch index.
+            queries: ``(S,)`` training-query indices (``S = cache_queries``).
+            positives: ``(S,)`` database ids, each a GPS positive of its query.
+            negatives: ``(S, M)`` database ids, each beyond the negative radius of its query.
+            mined: Whether the tuples were mined with the current model.
+            database: Database ids encoded for the sub-epoch (default: the queries' GPS
+                positives and the tuples' negatives).
+        """
+        queries = np.asarray(queries, dtype=np.int64)
+        positives = np.asarray(positives, dtype=np.int64)
+        negatives = np.asarray(negatives, dtype=np.int64)
+        size, m = self.cache_queries, self.num_negatives
+        if queries.shape != (size,) or positives.shape != (size,) or negatives.shape != (size, m):
+            raise ValueError(f"a sub-epoch holds ({size},) queries and positives and ({size}, {m}) negatives, got "
+                             f"{queries.shape}, {positives.shape}, {negatives.shape}")
+        for q, p, negs in zip(queries.tolist(), positives.tolist(), negatives, strict=True):
+            if not _contains(self.positives[q], p):
+                raise ValueError(f"database image {p} is not a GPS positive of training query {q}")
+            if np.isin(negs, self.non_negatives[q]).any():
+                raise ValueError(f"a negative of training query {q} lies within the negative radius")
+        table = torch.from_numpy(np.concatenate([queries[:, None], positives[:, None], negatives], 1))
+        self.tuples.copy_(table)  # in place: workers share this storage
+        self.subepoch, self.mined = k, mined
+        if database is None:
+            database = np.unique(np.concatenate([*(self.positives[q] for q in queries), negatives.ravel()]))
+        self.subepoch_database = np.asarray(database, dtype=np.int64)
 
     def query_image_index(self, i: int | np.ndarray) -> Any:
         """Bank image id of training query ``i``."""
         return self.bank.num_database + self.query_ids[i]
 
     def __len__(self) -> int:
-        return len(self.query_ids)
+        return self.cache_queries
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        pos = self.positives[i][int(torch.randint(len(self.positives[i]), (1,)))]
-        ids = [int(self.query_image_index(i)), int(pos), *self.negatives[i].tolist()]
+        row = self.tuples[i].tolist()
+        query = row[0]
+        ids = [int(self.query_image_index(query)), *row[1:]]
         loaded = [self.bank.load(j) for j in ids]
         item: dict[str, Any] = {
             "image": torch.stack([im.as_subclass(torch.Tensor) for im, _ in loaded]),
-            "index": i,
+            "index": query,
             "image_index": torch.tensor(ids),
         }
         if self.bank.with_labels:

@@ -100,6 +100,26 @@ PRESETS: dict[str, WorldSpec] = {
         },
         label_noise=0.1,
     ),
+    # 4:3, the shape of Pittsburgh and MSLS photos (640x480), so tests exercise that geometry.
+    "tiny43": WorldSpec(
+        image_size=(48, 64),
+        splits={
+            "train": SplitSpec(120.0, 4.0, 24),
+            "val": SplitSpec(80.0, 4.0, 12),
+            "test": SplitSpec(80.0, 4.0, 12),
+        },
+        view_width_m=24.0,
+    ),
+    "demo43": WorldSpec(
+        image_size=(96, 128),
+        splits={
+            "train": SplitSpec(900.0, 3.0, 300),
+            "val": SplitSpec(360.0, 3.0, 120),
+            "test": SplitSpec(480.0, 3.0, 160),
+        },
+        view_width_m=24.0,
+        label_noise=0.1,
+    ),
 }
 
 # Each split is a different street, far from the others.

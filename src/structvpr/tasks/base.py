@@ -13,10 +13,11 @@ import torch
 from lightning_fabric.utilities.data import AttributeDict
 from torch import nn
 
-from structvpr.losses import triplet_margin_loss
+from structvpr.losses import REFERENCE_MARGIN, triplet_margin_loss
 from structvpr.metrics.recall import RecallAtN
 from structvpr.models.aggregators import NetVLAD
 from structvpr.models.encoder import PlaceEncoder
+from structvpr.utils.memory import check_memory
 
 
 class VPRTask(pl.LightningModule):
@@ -33,7 +34,8 @@ class VPRTask(pl.LightningModule):
         pca_dim: PCA-whitening size, fitted after training (None for none).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        margin: Triplet margin (on L2 distances of normalised descriptors).
+        margin: Triplet margin on unsquared L2 distances of normalised descriptors; the default,
+            sqrt(0.1), is the NetVLAD / MSLS / VG-benchmark margin (0.1 on squared distances).
         recall_ns: N of the Recall@N logged as ``val/R@N`` and ``test/R@N``.
         eval_radius: Metres within which a retrieved database image is correct.
         kmeans_images: Training images whose trunk features initialise NetVLAD by k-means.
@@ -45,7 +47,7 @@ class VPRTask(pl.LightningModule):
 
     def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = 0.1,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
         super().__init__()
@@ -58,8 +60,11 @@ class VPRTask(pl.LightningModule):
         self.encoder = PlaceEncoder(in_chans, trunk, aggregator, num_clusters, pretrained_path, pca_dim)
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
-        #: (epoch, sorted bank ids encoded this epoch, their descriptors)
-        self._train_descriptors: tuple[int, np.ndarray, torch.Tensor] | None = None
+        #: Per encoder: (weights version, sorted bank ids encoded, their descriptors).
+        self._descriptors: dict[str, tuple[int, np.ndarray, torch.Tensor]] = {}
+        self._updates = 0
+        #: Images this process has encoded in encoding passes (training-bank and loader passes).
+        self.images_encoded = 0
         self.test_results: dict[str, float] = {}
 
     @property
@@ -83,40 +88,87 @@ class VPRTask(pl.LightningModule):
         return self.encoder.pooled(x.flatten(0, 1)).view(b, n, -1)
 
     @torch.no_grad()
-    def encode_loader(self, loader: Any, encoder: nn.Module | None = None, key: str | None = None) -> torch.Tensor:
-        """Pre-PCA descriptors ``(N, D)`` of every item of an eval loader, in eval mode."""
+    def encode_loader(self, loader: Any, encoder: nn.Module | None = None, key: str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+        """Pre-PCA descriptors ``(N, D)`` of every item of a loader, in eval mode, on the model's device.
+
+        Batches stream into one preallocated array (``dtype``: float16 halves it), so the peak
+        is the output plus one batch.
+        """
         encoder = encoder if encoder is not None else self.encoder
         key = key or self.input_key
         was_training = encoder.training
         encoder.eval()
-        out = [encoder.pooled(batch[key].to(self.device)).cpu() for batch in loader]  # type: ignore[operator]
+        out = torch.empty(len(loader.dataset), cast(Any, encoder).pooled_dim, dtype=dtype, device=self.device)
+        row = 0
+        for batch in loader:
+            desc = cast(Any, encoder).pooled(batch[key].to(self.device))
+            out[row : row + len(desc)] = desc.to(dtype)
+            row += len(desc)
         encoder.train(was_training)
-        return torch.cat(out)
+        self.images_encoded += row
+        return out
 
-    def training_descriptors(self, ids: np.ndarray | Sequence[int] | None = None) -> torch.Tensor:
-        """Pre-PCA descriptors of training images with the current epoch's weights, ``(len(ids), D)``.
+    def encode_images(self, ids: np.ndarray | Sequence[int], encoder: nn.Module | None = None,
+                      key: str | None = None) -> torch.Tensor:  # fmt: skip
+        """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images, on the model's device.
 
-        ``ids`` index the training bank (database, then queries; all when None). Each image is encoded at most
-        once per epoch and shared, so hard-negative mining and sample weighting of the same
-        epoch pay for one encoding pass, and a sampled mining pool encodes only its images
-        (what makes MSLS-sized training sets tractable).
+        Each process encodes its share (``1 / world_size``) of ``ids`` with the datamodule's
+        workers, reading only ``key`` (``image`` or ``label``); the shares are all-gathered, so
+        every process returns the same full array.
         """
-        n = len(self.datamodule.train_images)
-        wanted = np.arange(n) if ids is None else np.asarray(ids, dtype=np.int64).ravel()
-        if self._train_descriptors is None or self._train_descriptors[0] != self.current_epoch:
-            self._train_descriptors = (self.current_epoch, np.zeros(0, dtype=np.int64), torch.zeros(0))
-        _, known, desc = self._train_descriptors
+        ids = np.asarray(ids, dtype=np.int64)
+        key = key or self.input_key
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        shards = np.array_split(ids, world)
+        local = self.encode_loader(self.datamodule.train_images_dataloader(shards[rank], key), encoder, key)
+        if world == 1:
+            return local
+        size = max(len(s) for s in shards)
+        padded = torch.zeros(size, local.shape[1], dtype=local.dtype, device=self.device)
+        padded[: len(local)] = local
+        gathered = cast(torch.Tensor, self.all_gather(padded))  # (world, size, D)
+        return torch.cat([gathered[r, : len(shard)] for r, shard in enumerate(shards)])
+
+    def training_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images with the current weights.
+
+        ``ids`` index the training bank (database, then queries). Images are encoded once
+        per weight update and shared, so hard-negative mining and sample weighting of the
+        same sub-epoch pay for one encoding pass of the images they both need.
+        """
+        return self._descriptor_cache("student", self._updates, ids, self.encoder, self.input_key)
+
+    def _descriptor_cache(self, name: str, version: int, ids: np.ndarray | Sequence[int], encoder: nn.Module,
+                          key: str) -> torch.Tensor:  # fmt: skip
+        wanted = np.asarray(ids, dtype=np.int64).ravel()
+        cached = self._descriptors.get(name)
+        if cached is None or cached[0] != version:
+            cached = (version, np.zeros(0, dtype=np.int64), torch.zeros(0, device=self.device))
+        _, known, desc = cached
         missing = np.setdiff1d(wanted, known)
-        if len(known) == 0 and 2 * len(missing) >= n:
-            missing = np.arange(n)  # most of the bank: one plain pass, and the epoch's later requests are free
         if len(missing):
-            fresh = self.encode_loader(self.datamodule.train_images_dataloader(None if len(missing) == n else missing))
+            dim = cast(Any, encoder).pooled_dim
+            check_memory((len(known) + len(missing)) * dim * 4, self.device, self.trainer,
+                         f"{name} descriptors of {len(known) + len(missing):,} training images x {dim} dimensions",
+                         "lower data.init_args.cache_queries (queries per sub-epoch) or "
+                         "HardNegativeMining(cache_negatives) (the negative pool)")  # fmt: skip
+            fresh = self.encode_images(missing, encoder, key)
             ids_all = np.concatenate([known, missing])
             order = np.argsort(ids_all, kind="stable")
-            desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order)]
+            desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order).to(fresh.device)]
             known = ids_all[order]
-            self._train_descriptors = (self.current_epoch, known, desc)
-        return desc[torch.from_numpy(np.searchsorted(known, wanted))]
+        self._descriptors[name] = (version, known, desc)
+        return desc[torch.from_numpy(np.searchsorted(known, wanted)).to(desc.device)]
+
+    def on_train_epoch_start(self) -> None:
+        # Without HardNegativeMining, each sub-epoch trains on random tuples of its queries.
+        dataset = getattr(self.datamodule, "train_dataset", None)
+        if dataset is not None and self.current_epoch > 0 and dataset.subepoch != self.current_epoch:
+            dataset.random_subepoch(self.current_epoch)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._updates += 1  # the weights moved: descriptors of the previous weights are stale
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
-from structvpr.losses import distillation_loss, weighted_mean
+from structvpr.data.datasets import is_geometric
+from structvpr.losses import REFERENCE_MARGIN, distillation_loss, weighted_mean
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Free memory of a CUDA device or available memory of the host; None when unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:  # MemAvailable counts reclaimable page cache, which plain "free" memory does not
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _size(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 class StructVPRDistillation(StructVPRStudent):
@@ -41,20 +21,27 @@ class StructVPRDistillation(StructVPRStudent):
 
     ``L = mean_b triplet_b + distill_weight * mean_b(w_q(b) * mean_i |s_i - t_i|^2)`` where
     ``s_i`` are the student's descriptors of the tuple's RGB images, ``t_i`` the teacher's
-    descriptors of their label maps, and ``w_q`` the weight of the tuple's query, set by
+    descriptors of exactly the label maps those RGB views came from (same joint
+    transform), and ``w_q`` the weight of the tuple's query, set by
     :class:`~structvpr.callbacks.SampleWeighting` through :meth:`set_sample_weights`
-    (all ones without it: uniform distillation).
+    (all ones without it: uniform distillation; the callback rescales its weights to mean 1
+    by default, so both distil the same total at the same ``distill_weight``).
 
-    The teacher is frozen, kept in eval mode and out of the optimiser. With ``cache_teacher``
-    its descriptors of every training label map are computed once at fit start (from the
-    un-augmented maps), so it does not run during training steps.
+    The teacher is frozen, kept in eval mode and out of the optimiser. With
+    ``cache_teacher`` and no geometric augmentation (the default), its descriptors of the
+    sub-epoch's images are computed once per sub-epoch from the un-augmented label maps
+    (exact: photometric jitter leaves label maps alone), shared with the sample weighting,
+    and the teacher does not run in training steps. With geometric augmentation
+    (``data.crop_scale``) a cache would pull each view towards another view's descriptor,
+    so the teacher runs on each batch's own transformed label maps instead, with a warning.
 
     Args:
         teacher_ckpt: Checkpoint of a trained :class:`SegTeacher`.
         student_ckpt: Optional checkpoint of a :class:`StructVPRStudent` (the RGB baseline)
             to start from; random initialisation otherwise.
         distill_weight: lambda.
-        cache_teacher: Cache teacher descriptors of the training set instead of running it.
+        cache_teacher: Cache the teacher's descriptors of each sub-epoch's images instead of
+            running it in every step; used only when exact (no geometric augmentation).
         trunk: Student trunk (see :class:`StructVPRStudent`); must give the teacher's
             descriptor size.
         aggregator: ``gem`` or ``netvlad``.
@@ -63,7 +50,7 @@ class StructVPRDistillation(StructVPRStudent):
         pca_dim: PCA-whitening size (None for none).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        margin: Triplet margin.
+        margin: Triplet margin on unsquared L2 distances (default sqrt(0.1), as the references).
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
@@ -74,7 +61,7 @@ class StructVPRDistillation(StructVPRStudent):
     def __init__(self, teacher_ckpt: str, student_ckpt: str | None = None, distill_weight: float = 1.0,
                  cache_teacher: bool = True, trunk: str = "simple", aggregator: str = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = 0.1,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
         super().__init__(trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr, weight_decay,
@@ -96,7 +83,9 @@ class StructVPRDistillation(StructVPRStudent):
             start = StructVPRStudent.load_from_checkpoint(student_ckpt, map_location="cpu")
             self.encoder.load_state_dict(start.encoder.state_dict())
         self.register_buffer("sample_weights", torch.ones(0))
-        self._teacher_cache: torch.Tensor | None = None
+        #: Whether training steps read the teacher's per-sub-epoch descriptors (set in ``setup``).
+        self.teacher_cached = cache_teacher
+        self._teacher_version = 0
 
     def train(self, mode: bool = True) -> StructVPRDistillation:
         super().train(mode)
@@ -106,10 +95,18 @@ class StructVPRDistillation(StructVPRStudent):
     sample_weights: torch.Tensor
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            n = len(self.datamodule.train_dataset)
-            if self.sample_weights.numel() != n:
-                self.sample_weights = torch.ones(n, device=self.device)
+        if stage != "fit":
+            return
+        dataset = self.datamodule.train_dataset
+        n = dataset.num_training_queries
+        if self.sample_weights.numel() != n:
+            self.sample_weights = torch.ones(n, device=self.device)
+        geometric = is_geometric(dataset.bank.transform)
+        self.teacher_cached = bool(self.hp.cache_teacher) and not geometric
+        if self.hp.cache_teacher and geometric:
+            rank_zero_warn("cache_teacher is on but training uses geometric augmentation (data.crop_scale): a cached "
+                           "teacher descriptor would not match the student's view, so the teacher runs on each "
+                           "batch's own transformed label maps (set model.init_args.cache_teacher=false to silence)")  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint["state_dict"].get("sample_weights")
@@ -117,48 +114,44 @@ class StructVPRDistillation(StructVPRStudent):
             self.sample_weights = torch.ones_like(saved, device=self.device)
 
     def set_sample_weights(self, weights: torch.Tensor) -> None:
-        """Set ``w_q`` for every training query (``(num_training_queries,)``, in [0, 1])."""
+        """Set ``w_q`` for every training query (``(num_training_queries,)``, >= 0)."""
         if weights.shape != self.sample_weights.shape:
             raise ValueError(f"weights must have shape {tuple(self.sample_weights.shape)}, got {tuple(weights.shape)}")
         self.sample_weights.copy_(weights.to(self.sample_weights))
 
-    def teacher_training_descriptors(self) -> torch.Tensor:
-        """Teacher descriptors ``(N, D)`` of every training label map (database, then queries).
+    def teacher_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Teacher descriptors ``(len(ids), D)`` of training-bank label maps (un-augmented).
 
-        Raises:
-            ValueError: when they would take more than half the free memory of the host or of
-                the model's device (they are checked before hours of encoding, not after).
+        Kept for the current sub-epoch only, so memory is bounded by what a sub-epoch
+        encodes (its queries, their positives and the negative pool), whatever the size of
+        the training set; under DDP each process encodes its share.
         """
-        if self._teacher_cache is None:
-            n = len(self.datamodule.train_images)
-            need = n * self.teacher.pooled_dim * 4
-            for device in {torch.device("cpu"), self.device}:
-                free = free_memory_bytes(device)
-                if free is not None and need > free / 2:
-                    raise ValueError(
-                        f"teacher descriptors of {n:,} training images x {self.teacher.pooled_dim} dimensions need "
-                        f"{_size(need)}, more than half the free memory of {device} ({_size(free)}): "
-                        "set model.init_args.cache_teacher=false and leave SampleWeighting out (its teacher ranks "
-                        "need every descriptor once), or train on fewer images"
-                    )
-            loader = self.datamodule.train_images_dataloader()
-            self._teacher_cache = self.encode_loader(loader, self.teacher, key="label").to(self.device)
-        return self._teacher_cache
+        return self._descriptor_cache("teacher", self._teacher_version, ids, self.teacher, "label")
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.hp.cache_teacher:
-            self.teacher_training_descriptors()
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.teacher_cached:  # every image of the sub-epoch's tuples in one pass (weighting's are reused)
+            dataset = self.datamodule.train_dataset
+            table = dataset.tuples.numpy()
+            self.teacher_descriptors(np.union1d(table[:, 1:].ravel(), dataset.query_image_index(table[:, 0])))
+
+    def on_train_epoch_end(self) -> None:
+        self._descriptors.pop("teacher", None)  # the next sub-epoch encodes its own set
+        self._teacher_version += 1
+
+    def teacher_targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``(B, n, D)`` teacher descriptors of the label maps of the batch's views."""
+        if self.teacher_cached:
+            ids = batch["image_index"]
+            return self.teacher_descriptors(ids.flatten().cpu().numpy()).view(*ids.shape, -1).to(self.device)
+        labels = batch["label"]
+        with torch.no_grad():
+            return self.teacher.pooled(labels.flatten(0, 1)).view(*labels.shape[:2], -1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         student = self.encode_tuples(batch["image"])
         triplet = self.triplet_loss(student)
-        if self.hp.cache_teacher:
-            teacher = self.teacher_training_descriptors()[batch["image_index"]]
-        else:
-            with torch.no_grad():
-                teacher = self.teacher.pooled(batch["label"].flatten(0, 1)).view_as(student)
-        distill = distillation_loss(student, teacher)
+        distill = distillation_loss(student, self.teacher_targets(batch))
         weights = self.sample_weights[batch["index"]]
         loss = triplet.mean() + self.hp.distill_weight * weighted_mean(distill, weights)
         self.check_finite(loss, batch)

@@ -12,6 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from structvpr.losses import REFERENCE_MARGIN
 from structvpr.tasks.base import VPRTask
 
 
@@ -31,7 +32,7 @@ class StructVPRStudent(VPRTask):
         pca_dim: PCA-whitening size (None for none).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        margin: Triplet margin.
+        margin: Triplet margin on unsquared L2 distances (default sqrt(0.1), as the references).
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
@@ -46,7 +47,7 @@ class StructVPRStudent(VPRTask):
 
     def __init__(self, trunk: str = "simple", aggregator: str = "gem", num_clusters: int = 16,
                  pretrained_path: str | None = None, pca_dim: int | None = None, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, margin: float = 0.1,
+                 weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "torch",
                  rerank_top_k: int | None = None) -> None:  # fmt: skip

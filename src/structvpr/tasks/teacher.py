@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from structvpr.losses import REFERENCE_MARGIN
 from structvpr.tasks.base import VPRTask
 
 
@@ -23,7 +24,7 @@ class SegTeacher(VPRTask):
         pca_dim: PCA-whitening size (None for none).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        margin: Triplet margin.
+        margin: Triplet margin on unsquared L2 distances (default sqrt(0.1), as the references).
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
@@ -35,7 +36,7 @@ class SegTeacher(VPRTask):
 
     def __init__(self, num_groups: int = 5, trunk: str = "simple", aggregator: str = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = 0.1,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
         super().__init__(num_groups, trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr,
