@@ -47,3 +47,50 @@ def test_mean_one_rescales_and_keeps_noisy_at_zero():
     assert w.tolist() == [0.0, 2.0, 1.0, 1.0] and w.mean().item() == 1.0
     assert mean_one(torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]
 
+
+
+def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world, tmp_path):
+    import numpy as np
+    import pytorch_lightning as pl
+
+    from structvpr.callbacks import HardNegativeMining
+    from structvpr.metrics.recall import first_positive_rank
+    from structvpr.tasks import StructVPRDistillation
+    from tests.tasks.helpers import _dm, _trainer
+
+    class Compare(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):  # after mining and weighting
+            dm, ds = trainer.datamodule, trainer.datamodule.train_dataset
+            n_db = ds.bank.num_database
+            queries = ds.tuples[:, 0].numpy()
+            q_ids = ds.query_image_index(queries)
+            utm = ds.bank.utm
+            subset = ds.subepoch_database
+            out, sub = {}, {}
+            for name, encoder, key in (("student", pl_module.encoder, "image"), ("teacher", pl_module.teacher, "label")):
+                desc = pl_module.encode_loader(dm.train_images_dataloader(None, key), encoder, key)
+                out[name], _ = first_positive_rank(desc[q_ids], desc[:n_db], 100, query_utm=utm[q_ids],
+                                                   database_utm=utm[:n_db])  # fmt: skip
+                sub[name], _ = first_positive_rank(desc[q_ids], desc[subset], 100, query_utm=utm[q_ids],
+                                                   database_utm=utm[subset])  # fmt: skip
+            self.global_ranks, self.recomputed = out, sub
+            self.sampled = {"student": weighting.student_ranks[queries], "teacher": weighting.teacher_ranks[queries]}
+            self.database = len(ds.subepoch_database), n_db
+
+    weighting, compare = SampleWeighting(ranks="subepoch"), Compare()
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    dm = _dm(tiny_world, cache_queries=12)
+    _trainer(tmp_path, callbacks=[HardNegativeMining(cache_negatives=4), weighting, compare],
+             enable_checkpointing=False, limit_val_batches=0).fit(model, datamodule=dm)  # fmt: skip
+    sampled_db, full_db = compare.database
+    assert sampled_db < full_db
+    for name in ("student", "teacher"):
+        # the weighting's ranks are those over the sub-epoch's set, recomputed from scratch
+        assert compare.sampled[name].tolist() == compare.recomputed[name].tolist()
+    groups_s = partition(compare.sampled["teacher"], compare.sampled["student"], 5)
+    groups_g = partition(compare.global_ranks["teacher"], compare.global_ranks["student"], 5)
+    agreement = (groups_s == groups_g).float().mean().item()
+    print(f"sub-epoch set {sampled_db} of {full_db} database images; group agreement {agreement:.2f}; "
+          f"noisy {int((groups_s == NOISY).sum())} sampled vs {int((groups_g == NOISY).sum())} global")
+    assert agreement >= 0.5
+    assert np.isin(groups_s.numpy(), [NOISY, TEACHABLE, CONSISTENT]).all()

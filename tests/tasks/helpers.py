@@ -37,3 +37,21 @@ def _trainer(tmp, epochs=1, callbacks=(), **kw):
     return pl.Trainer(max_epochs=epochs, limit_train_batches=2, accelerator="cpu", logger=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       default_root_dir=str(tmp), callbacks=list(callbacks), **kw)
+
+
+class RecordSubepoch(pl.Callback):
+    """Saves, at the first sub-epoch's start, its tuples, weights, student descriptors and this process's
+    encoding count to ``out_dir/subepoch_rank<r>.pt`` (for comparing DDP with one process)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch != 0:
+            return
+        _, ids, desc = pl_module._descriptors["student"]
+        record = {"tuples": trainer.datamodule.train_dataset.tuples.clone(), "ids": torch.from_numpy(ids),
+                  "descriptors": desc.cpu(), "weights": pl_module.sample_weights.cpu(),
+                  "encoded": pl_module.images_encoded, "bank": len(trainer.datamodule.train_images)}
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(record, Path(self.out_dir) / f"subepoch_rank{trainer.global_rank}.pt")

@@ -159,6 +159,37 @@ def test_two_process_ddp_fit_gives_identical_weights_on_every_rank(trained, tiny
     assert (w0 != 1).any()  # really set by SampleWeighting, not the all-ones default
 
 
+@pytest.mark.slow
+def test_two_process_encoding_splits_the_work_and_equals_one_process(trained, tiny_world, tmp_path, repo_root):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
+    records = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}"
+        args = [sys.executable, "-m", "structvpr", "fit", "--config",
+                str(repo_root / "lightning_configs/synthetic/distill.yaml"),
+                f"--data.init_args.root={tiny_world}", "--data.init_args.image_size=[32, 64]",
+                "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
+                f"--model.init_args.teacher_ckpt={trained['teacher']}",
+                f"--model.init_args.student_ckpt={trained['baseline']}",
+                "--trainer.accelerator=cpu", f"--trainer.devices={devices}", "--trainer.strategy=ddp",
+                "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=0",
+                "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
+                "--trainer.callbacks+=tests.tasks.helpers.RecordSubepoch", f"--trainer.callbacks.out_dir={out}"]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records[devices] = [torch.load(out / f"subepoch_rank{r}.pt") for r in range(devices)]
+    (one,), (r0, r1) = records[1], records[2]
+    # Each process encoded about half of the sub-epoch's images (student and teacher passes).
+    assert abs(r0["encoded"] - r1["encoded"]) <= 2 and r0["encoded"] + r1["encoded"] == one["encoded"]
+    for rec in (r0, r1):
+        assert torch.equal(rec["tuples"], one["tuples"])  # the same mined tuples
+        assert torch.equal(rec["ids"], one["ids"])
+        torch.testing.assert_close(rec["descriptors"], one["descriptors"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rec["weights"], one["weights"], atol=1e-6, rtol=0)
+
+
 def test_normalised_weighting_trains_with_mean_one_weights(trained, tiny_world, tmp_path):
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     weighting = SampleWeighting(normalize=True)
