@@ -94,3 +94,69 @@ def test_predict_through_a_benchmark_config_writes_predictions(tiny_world, tmp_p
               "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'out'}"])  # fmt: skip
     rows = [r.split() for r in (tmp_path / "out/predictions.txt").read_text().splitlines()]
     assert [r[0] for r in rows] == ["q_0", "q_1"] and all(len(r) == 6 for r in rows)  # top 25 of a 5-image database
+
+
+def _official_msls_recall(root, predictions, cities=("cph", "sf"), ks=(1, 5, 10, 20)):
+    """Recall@k of an MSLS predictions file as the official description counts it, from the CSVs alone:
+    per city, query and database rows whose subtask_index `all` is true and that are no panorama;
+    positives are database keys of the same city within 25 m; queries without one are dropped;
+    prediction rows for other keys are ignored."""
+    import csv
+
+    def rows(city, role):
+        folder = root / "train_val" / city / role
+        read = lambda name: list(csv.DictReader(open(folder / name)))  # noqa: E731
+        post, raw, sub = read("postprocessed.csv"), read("raw.csv"), read("subtask_index.csv")
+        return {p["key"]: (float(p["easting"]), float(p["northing"])) for p, r, s in zip(post, raw, sub)
+                if s["all"] == "True" and r["pano"] != "True"}  # fmt: skip
+
+    positives = {}
+    for city in cities:
+        db = rows(city, "database")
+        for key, (e, n) in rows(city, "query").items():
+            near = {k for k, (de, dn) in db.items() if (de - e) ** 2 + (dn - n) ** 2 <= 25.0**2}
+            if near:
+                positives[key] = near
+    predicted = {line.split()[0]: line.split()[1:] for line in predictions.read_text().splitlines()}
+    hits = {k: [any(p in positives[q] for p in predicted[q][:k]) for q in positives] for k in ks}
+    return {f"R@{k}": sum(h) / len(h) for k, h in hits.items()}, len(positives)
+
+
+def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(trained, tiny_world, tmp_path,
+                                                                               repo_root):  # fmt: skip
+    import shutil
+
+    from structvpr.cli import cli_main
+    from tests.data.test_formats import _write_msls_val_city
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "msls"
+    for city in ("cph", "sf"):
+        _write_msls_val_city(root, city, rng)
+    sources = sorted((tiny_world / "images/test/database").iterdir())
+    for i, image in enumerate(sorted(root.rglob("images/*.jpg"))):  # real pixels, so retrieval is not degenerate
+        shutil.copy(sources[i % len(sources)], image.with_suffix(".png"))
+        Image.open(image.with_suffix(".png")).convert("RGB").save(image)
+        image.with_suffix(".png").unlink()
+    student = StructVPRStudent.load_from_checkpoint(trained["baseline"]).export_student(tmp_path / "student.ckpt")
+    common = ["--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), f"--data.init_args.root={root}",
+              "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0", "--ckpt_path", str(student),
+              "--trainer.enable_progress_bar=false"]  # fmt: skip
+    cli_main(["predict", *common, f"--trainer.default_root_dir={tmp_path / 'pred'}"])
+    official, count = _official_msls_recall(root, tmp_path / "pred/predictions.txt")
+    test = cli_main(["test", *common, f"--trainer.default_root_dir={tmp_path / 'test'}"]).model.test_results
+    assert int(test["num_queries"]) == count > 0
+    for k, value in official.items():
+        assert test[k] == pytest.approx(value, abs=1e-6), k
+    # Plain folders of both cities: one search over their union, panoramas dropped with a warning.
+    folders = {role: [str(root / "train_val" / c / role / "images") for c in ("cph", "sf")] for role in ("database", "query")}
+    with pytest.warns(UserWarning, match=r"images are panoramas in .*raw.csv: dropped, as the official evaluation does"):
+        cli_main(["predict", *common, f"--trainer.default_root_dir={tmp_path / 'folders'}",
+                  f"--data.init_args.predict_database=[{','.join(folders['database'])}]",
+                  f"--data.init_args.predict_queries=[{','.join(folders['query'])}]"])  # fmt: skip
+    lines = (tmp_path / "folders/predictions.txt").read_text().splitlines()
+    panoramas = {r["key"] for c in ("cph", "sf") for role in ("database", "query")
+                 for r in __import__("csv").DictReader(open(root / "train_val" / c / role / "raw.csv")) if r["pano"] == "True"}
+    keys = {k for line in lines for k in line.split()}
+    assert keys and not keys & panoramas
+    assert {line.split()[0].split("_")[0] for line in lines} == {"cph", "sf"}  # both cities' queries, one file

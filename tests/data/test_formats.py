@@ -93,6 +93,10 @@ def _write_msls(tmp_path, city="cph"):
             f.write(",key,easting,northing,night,control_panel,view_direction,unique_cluster\n")
             for i, k in enumerate(keys):
                 f.write(f"{i},{k},{100 + 10 * i},{200},{'True' if k == 'q2' else 'False'},False,Forward,0\n")
+        with open(folder / "subtask_index.csv", "w") as f:
+            f.write(",all,s2w,w2s,o2n,n2o,d2n,n2d\n")
+            for i, _ in enumerate(keys):
+                f.write(f"{i},True,False,False,False,False,False,False\n")
 
 
 def test_msls_native_excludes_panoramas(tmp_path):
@@ -170,3 +174,90 @@ def test_gsv_cities_malformed_row_names_file_and_line(tmp_path):
     )
     with pytest.raises(DatasetLayoutError, match=r"Dataframes/Rome\.csv:3: bad row"):
         read_gsv_cities(tmp_path, ["Rome"], min_images=1)
+
+
+def _write_msls_val_city(root, city, rng, n_db=40, n_q=32):
+    """An MSLS val city: database every 5 m on a line, queries scattered along and beyond it, some
+    panoramas, and a sparse ``all`` column in subtask_index.csv (the official filter)."""
+    rows = {}
+    for role, n in (("database", n_db), ("query", n_q)):
+        folder = root / "train_val" / city / role
+        east = np.arange(n) * 5.0 if role == "database" else rng.uniform(-40, 260, n)
+        pano = rng.random(n) < 0.15
+        in_all = rng.random(n) < (0.6 if role == "database" else 0.25)
+        keys = [f"{city}_{role}_{i:03d}" for i in range(n)]
+        for k in keys:
+            _img(folder / "images" / f"{k}.jpg")
+        (folder / "raw.csv").write_text(",key,lon,lat,ca,captured_at,pano\n" + "".join(
+            f"{i},{k},0,0,0,0,{p}\n" for i, (k, p) in enumerate(zip(keys, pano))))
+        (folder / "postprocessed.csv").write_text(
+            ",key,easting,northing,night,control_panel,view_direction,unique_cluster\n"
+            + "".join(f"{i},{k},{e},500.0,False,False,Forward,0\n" for i, (k, e) in enumerate(zip(keys, east))))
+        (folder / "subtask_index.csv").write_text(",all,s2w,w2s,o2n,n2o,d2n,n2d\n" + "".join(
+            f"{i},{a},False,False,False,False,False,False\n" for i, a in enumerate(in_all)))
+        rows[role] = (keys, east, pano, in_all)
+    return rows
+
+
+def test_msls_val_counts_the_queries_the_official_filter_keeps(tmp_path):
+    import torch
+
+    from structvpr.data.benchmarks import load_benchmark
+    from structvpr.metrics.recall import RecallAtN
+
+    rng = np.random.default_rng(0)
+    cities = {c: _write_msls_val_city(tmp_path, c, rng) for c in ("cph", "sf")}
+    # Independently, as mapillary_sls val mode does per city: rows with `all` true and no panorama,
+    # in queries and database; a query counts when a kept database image of its city lies within 25 m.
+    official = 0
+    for rows in cities.values():
+        _, q_east, q_pano, q_all = rows["query"]
+        _, d_east, d_pano, d_all = rows["database"]
+        db = d_east[d_all & ~d_pano]
+        official += int(sum((np.abs(db - e) <= 25).any() for e in q_east[q_all & ~q_pano]))
+    every = sum(int((~r["query"][2]).sum()) for r in cities.values())
+
+    m = load_benchmark("msls_val", tmp_path)
+    assert len(m.queries) < every and "subtask 'all'" in m.notes[0] and m.notes[1].startswith("sf: ")
+    metric = RecallAtN((1, 5), radius=m.radius)
+    n_db = len(m.database)
+    utm = torch.tensor([r.utm for r in m.database + m.queries], dtype=torch.float64)
+    desc = torch.nn.functional.normalize(torch.randn(len(utm), 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    metric.update(desc, torch.arange(len(utm)), torch.arange(len(utm)) >= n_db, utm)
+    assert int(metric.compute()["num_queries"]) == official > 0
+    # Every subtask column can be chosen; a missing file is named.
+    assert len(load_benchmark("msls_val", tmp_path, subtask="s2w").queries) == 0
+    (tmp_path / "train_val/sf/query/subtask_index.csv").unlink()
+    with pytest.raises(DatasetLayoutError, match=r"sf/query/subtask_index.csv: missing; the official MSLS val"):
+        load_benchmark("msls_val", tmp_path)
+    assert len(load_benchmark("msls_val", tmp_path, subtask=None).queries) == every  # the unfiltered reading
+
+
+def test_nordland_patchnetvlad_geometry_gives_plus_minus_7_frames(tmp_path):
+    import torch
+
+    from structvpr.data.benchmarks import load_benchmark
+    from structvpr.metrics.recall import hit_matrix
+
+    # The real nordland.npz layout: coordinates (frame, frame) for both sets, posDistThr 10.
+    n = 60
+    names = [f"{i:07d}.png" for i in range(n)]
+    for folder in ("summer", "winter"):
+        for name in names:
+            _img(tmp_path / folder / name)
+    lists = tmp_path / "dataset_imagenames"
+    lists.mkdir()
+    (lists / "nordland_imageNames_index.txt").write_text("".join(f"summer/{x}\n" for x in names))
+    (lists / "nordland_imageNames_query.txt").write_text("".join(f"winter/{x}\n" for x in names))
+    frames = np.stack([np.arange(n), np.arange(n)], 1).astype(float)
+    (tmp_path / "dataset_gt_files").mkdir()
+    np.savez(tmp_path / "dataset_gt_files/nordland.npz", utmDb=frames, utmQ=frames, posDistThr=10)
+    m = load_benchmark("nordland", tmp_path)
+    everything = np.tile(np.arange(n), (n, 1))  # every database frame "retrieved" by every query
+    hit, _ = hit_matrix(torch.from_numpy(everything), query_utm=np.array([r.utm for r in m.queries]),
+                        database_utm=np.array([r.utm for r in m.database]), radius=m.radius)  # fmt: skip
+    counts = hit.sum(1).numpy()
+    independent = (np.abs(np.arange(n)[:, None] - np.arange(n)[None]) <= 7).sum(1)  # +-7 frames
+    assert counts.tolist() == independent.tolist()
+    assert counts[n // 2] == 15  # an interior query: 15 positives, not the 21 of +-10 frames
+

@@ -117,7 +117,7 @@ class HardNegativeMining(pl.Callback):
             positives = nearest_positive(q_desc, db_desc, database, gps_positives)
         else:
             positives = np.array([rng.choice(p) for p in gps_positives], dtype=np.int64)
-        backend: Backend = self.search_backend or task.hparams.get("search_backend", "torch")
+        backend: Backend = self.search_backend or task.hparams.get("search_backend", "auto")
         pool_rows = np.searchsorted(database, pool)
         negatives = mine_hardest(q_desc, db_desc[torch.from_numpy(pool_rows).to(db_desc.device)], pool,
                                  [dataset.non_negatives[q] for q in queries], dataset.num_negatives,
@@ -185,7 +185,7 @@ def nearest_positive(queries: torch.Tensor, database: torch.Tensor, database_ids
 
 
 def mine_hardest(queries: torch.Tensor, pool: torch.Tensor, pool_ids: np.ndarray, non_negatives: list[np.ndarray],
-                 m: int, backend: Backend = "torch") -> torch.Tensor:  # fmt: skip
+                 m: int, backend: Backend = "auto") -> torch.Tensor:  # fmt: skip
     """The ``m`` nearest pool items of each query that are not among its non-negatives.
 
     One k-nearest-neighbour search (``k = m`` plus the most non-negatives any query has in

@@ -139,7 +139,7 @@ class SampleWeighting(pl.Callback):
         assert self.teacher_ranks is not None and self.student_ranks is not None
         queries = dataset.tuples[:, 0].numpy()
         q_ids = dataset.query_image_index(queries)
-        backend: Backend = getattr(task.hparams, "search_backend", "torch")
+        backend: Backend = task.hparams.get("search_backend", "auto")
         if self.ranks == "subepoch":
             database = dataset.subepoch_database
             r_t = self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend)

@@ -37,10 +37,13 @@ MSLS_VAL_CITIES = ("cph", "sf")
 CITY_OFFSET_M = 1e7
 
 
-def msls_val(root: str | Path) -> SplitManifest:
-    """MSLS val, official protocol: native layout ``train_val/{cph,sf}``, panoramas excluded,
-    positives within 25 m, queries without a positive dropped (740 queries on the full set)."""  # noqa: D205
-    return read_msls(root, list(MSLS_VAL_CITIES), name="msls_val")
+def msls_val(root: str | Path, subtask: str | None = "all") -> SplitManifest:
+    """MSLS val, official protocol (``mapillary_sls`` val mode, task im2im): native layout
+    ``train_val/{cph,sf}``, only the query and database rows whose ``subtask_index.csv`` column
+    ``subtask`` is true (``all``, ``s2w``, ``w2s``, ``o2n``, ``n2o``, ``d2n``, ``n2d``),
+    panoramas excluded, positives within 25 m, queries without a positive excluded: 740
+    queries against 18,871 database images with ``all`` on the full set."""  # noqa: D205
+    return _msls_cities_apart(root, list(MSLS_VAL_CITIES), "msls_val", subtask)
 
 
 def msls_val_vg(root: str | Path) -> SplitManifest:
@@ -84,8 +87,9 @@ def tokyo247(root: str | Path, one_hit_per_panorama: bool = False) -> SplitManif
 
 def nordland(root: str | Path) -> SplitManifest:
     """Nordland, Patch-NetVLAD split: summer database, winter queries (27,592 each), positives
-    within +-10 frames (``dataset_imagenames/nordland_imageNames_{index,query}.txt`` and
-    ``dataset_gt_files/nordland.npz``)."""  # noqa: D205
+    within +-7 frames (``dataset_imagenames/nordland_imageNames_{index,query}.txt`` and
+    ``dataset_gt_files/nordland.npz``: both coordinates are the frame index and posDistThr is
+    10, so frames within 10 / sqrt(2) = 7.07 count, 15 per query)."""  # noqa: D205
     root = Path(root)
     return read_patchnetvlad(root, root / "dataset_imagenames/nordland_imageNames_index.txt",
                              root / "dataset_imagenames/nordland_imageNames_query.txt",
@@ -132,8 +136,14 @@ def msls_train(root: str | Path, cities: list[str] | None = None) -> SplitManife
     ``train_pos_radius`` and ``train_neg_radius``). Each city's easting is shifted by
     ``city index x`` :data:`CITY_OFFSET_M` so that no tuple mixes cities.
     """  # noqa: D205
-    cities = list(cities or MSLS_TRAIN_CITIES)
-    parts = [read_msls(root, [city], name="msls_train") for city in cities]
+    return _msls_cities_apart(root, list(cities or MSLS_TRAIN_CITIES), "msls_train")
+
+
+def _msls_cities_apart(root: str | Path, cities: list[str], name: str, subtask: str | None = None) -> SplitManifest:
+    """MSLS cities read one by one, each city's easting shifted by ``index x`` :data:`CITY_OFFSET_M`,
+    so positives never cross cities (UTM coordinates repeat between zones), as the official code,
+    which finds positives city by city."""  # noqa: D205
+    parts = [read_msls(root, [city], name=name, subtask=subtask) for city in cities]
 
     def shifted(records: list[ImageRecord], k: int) -> list[ImageRecord]:
         return [ImageRecord(r.path, (r.utm[0] + k * CITY_OFFSET_M, r.utm[1]), r.label_path, r.note, r.pano_id)
@@ -142,7 +152,7 @@ def msls_train(root: str | Path, cities: list[str] | None = None) -> SplitManife
     database = [r for k, m in enumerate(parts) for r in shifted(m.database, k)]
     queries = [r for k, m in enumerate(parts) for r in shifted(m.queries, k)]
     notes = [f"{city}: {m.notes[0]}" for city, m in zip(cities, parts)]
-    return SplitManifest("msls_train", Path(root), database, queries, 25.0, notes=notes)
+    return SplitManifest(name, Path(root), database, queries, 25.0, notes=notes)
 
 
 def pitts30k_train(root: str | Path) -> SplitManifest:

@@ -61,9 +61,14 @@ class VPRDataModule(pl.LightningDataModule):
         synthetic_seed: Seed of the generated world.
         synthetic_label_noise: Label-noise fraction of the generated world (preset default if None).
         seed: Seed of the initial random negatives.
-        predict_database: Folder of database images for ``predict`` (any names, no coordinates);
-            with ``predict_queries``. Without them ``predict`` runs on the test split.
-        predict_queries: Folder of query images for ``predict``.
+        predict_database: Folder, or list of folders, of database images for ``predict`` (any
+            names, no coordinates): their union is searched, as the MSLS protocol searches every
+            evaluated city. With ``predict_queries``. Without them ``predict`` runs on
+            ``test_benchmark`` when set (e.g. ``msls_val``: its subtask filter, panorama
+            exclusion and cities), else on the test split.
+        predict_queries: Folder, or list of folders, of query images for ``predict``.
+        predict_keep_panoramas: Keep images that an MSLS folder's ``raw.csv`` marks as panoramas
+            (the official evaluation drops them, and so does ``predict`` by default, with a warning).
         cache_images: Decode every image once and keep it in memory (small datasets only).
         val_split: Split folder used for validation.
         test_split: Split folder used by ``test`` (``val`` to tune settings without touching test).
@@ -86,7 +91,8 @@ class VPRDataModule(pl.LightningDataModule):
                  augment: bool = True, crop_scale: float | None = None, cache_queries: int | None = None,
                  synthetic_preset: str | None = "demo", synthetic_seed: int = 0,
                  synthetic_label_noise: float | None = None, seed: int = 0,
-                 predict_database: str | None = None, predict_queries: str | None = None,
+                 predict_database: str | list[str] | None = None, predict_queries: str | list[str] | None = None,
+                 predict_keep_panoramas: bool = False,
                  cache_images: bool = False, val_split: str = "val", test_split: str = "test",
                  test_benchmark: str | None = None, train_benchmark: str | None = None,
                  val_benchmark: str | None = None,
@@ -197,9 +203,10 @@ class VPRDataModule(pl.LightningDataModule):
         if stage == "predict" and self.predict_dataset is None:
             if hp.predict_database is not None:
                 transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
-                self.predict_dataset = FolderDataset.from_folders(hp.predict_database, hp.predict_queries, transform)
+                self.predict_dataset = FolderDataset.from_folders(hp.predict_database, hp.predict_queries, transform,
+                                                                  keep_panoramas=hp.predict_keep_panoramas)  # fmt: skip
             else:
-                self.predict_dataset = self._images(hp.test_split)
+                self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader[Any]:
         workers = self.hp.num_workers

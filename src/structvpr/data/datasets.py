@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -234,15 +236,33 @@ class FolderDataset(Dataset[dict[str, Any]]):
         self.transform = transform
 
     @classmethod
-    def from_folders(cls, database: str | Path, queries: str | Path, transform: Callable[..., Any]) -> FolderDataset:
-        """Every image under each folder, sorted; an empty or missing folder is an error naming it."""
+    def from_folders(cls, database: str | Path | Sequence[str | Path], queries: str | Path | Sequence[str | Path],
+                     transform: Callable[..., Any], keep_panoramas: bool = False) -> FolderDataset:  # fmt: skip
+        """Every image under each folder (or list of folders, in the given order), sorted per folder.
+
+        An empty or missing folder is an error naming it. In MSLS folders (``.../images`` beside
+        a ``raw.csv``), images marked as panoramas are dropped, as the official evaluation
+        drops them, with a warning that says how many (``keep_panoramas`` keeps them).
+        """
         lists = []
-        for folder in (Path(database), Path(queries)):
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{folder}: image folder does not exist")
-            files = list_images(folder)
-            if not files:
-                raise ValueError(f"{folder}: holds no .jpg/.jpeg/.png images")
+        for role in (database, queries):
+            folders = [role] if isinstance(role, (str, Path)) else list(role)
+            files: list[Path] = []
+            for folder in map(Path, folders):
+                if not folder.is_dir():
+                    raise FileNotFoundError(f"{folder}: image folder does not exist")
+                found = list_images(folder)
+                if not found:
+                    raise ValueError(f"{folder}: holds no .jpg/.jpeg/.png images")
+                panoramas = msls_panoramas(folder)
+                dropped = [f for f in found if f.stem in panoramas]
+                if dropped:
+                    action = "kept (keep_panoramas)" if keep_panoramas else "dropped, as the official evaluation does"
+                    warnings.warn(f"{folder}: {len(dropped)} of {len(found)} images are panoramas in "
+                                  f"{folder.parent / 'raw.csv'}: {action}", stacklevel=2)  # fmt: skip
+                    if not keep_panoramas:
+                        found = [f for f in found if f.stem not in panoramas]
+                files += found
             lists.append(files)
         return cls(lists[0], lists[1], transform)
 
@@ -253,6 +273,15 @@ class FolderDataset(Dataset[dict[str, Any]]):
         image = tv_tensors.Image(torch.from_numpy(load_rgb(self.paths[i])).permute(2, 0, 1))
         return {"image": self.transform(image).as_subclass(torch.Tensor), "index": i,
                 "is_query": i >= self.num_database}  # fmt: skip
+
+
+def msls_panoramas(folder: Path) -> set[str]:
+    """Keys that the ``raw.csv`` beside an MSLS ``images`` folder marks as panoramas (empty elsewhere)."""
+    raw = folder.parent / "raw.csv"
+    if folder.name != "images" or not raw.is_file():
+        return set()
+    with open(raw, newline="") as f:
+        return {row["key"] for row in csv.DictReader(f) if str(row.get("pano", "")).strip().lower() in ("true", "1")}
 
 
 def _contains(sorted_ids: np.ndarray, value: int) -> bool:

@@ -105,17 +105,44 @@ def read_mat_dbstruct(root: str | Path, mat_path: str | Path, fields: dict[str, 
 
 
 # -- MSLS native ----------------------------------------------------------------------------------
+#: The columns of MSLS's ``subtask_index.csv``, as the official code names them: every image,
+#: summer to winter, winter to summer, old to new, new to old, day to night, night to day.
+MSLS_SUBTASKS = ("all", "s2w", "w2s", "o2n", "n2o", "d2n", "n2d")
+
+
+def _true(value: object) -> bool:
+    return str(value).strip().lower() in ("true", "1")
+
+
+def _subtask_rows(path: Path, subtask: str) -> list[bool]:
+    """Row ``i`` of ``subtask_index.csv``: whether image ``i`` (same row of ``postprocessed.csv``) is in ``subtask``."""
+    if not path.is_file():
+        raise DatasetLayoutError(f"{path}: missing; the official MSLS val protocol keeps only the rows whose "
+                                 f"'{subtask}' column is true (benchmark_options "
+                                 '{"msls_val": {"subtask": null}} reads every image instead)')  # fmt: skip
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if subtask not in (reader.fieldnames or []):
+            raise DatasetLayoutError(f"{path}: has no '{subtask}' column (columns: {reader.fieldnames})")
+        return [_true(row[subtask]) for row in reader]
+
+
 def read_msls(root: str | Path, cities: list[str], subset: str = "train_val", exclude_panoramas: bool = True,
-              name: str = "msls") -> SplitManifest:  # fmt: skip
+              name: str = "msls", subtask: str | None = None) -> SplitManifest:  # fmt: skip
     """Read MSLS in its native layout: ``<subset>/<city>/{query,database}/images/<key>.jpg``.
 
     Coordinates come from ``postprocessed.csv`` (easting, northing); ``raw.csv``'s ``pano``
-    column marks panoramas, which are excluded by default (the official protocol).
+    column marks panoramas, which are excluded by default (the official protocol). With
+    ``subtask`` (one of :data:`MSLS_SUBTASKS`), only the query and database images whose
+    ``subtask_index.csv`` column of that name is true are kept, row by row as the official
+    ``mapillary_sls`` val mode does: ``subtask="all"`` gives the published 740-query MSLS-val.
     """
+    if subtask is not None and subtask not in MSLS_SUBTASKS:
+        raise ValueError(f"subtask must be one of {MSLS_SUBTASKS} or None, got {subtask!r}")
     root = Path(root)
     database: list[ImageRecord] = []
     queries: list[ImageRecord] = []
-    dropped = 0
+    dropped = outside = 0
     for city in cities:
         for role, out in (("database", database), ("query", queries)):
             folder = root / subset / city / role
@@ -126,13 +153,17 @@ def read_msls(root: str | Path, cities: list[str], subset: str = "train_val", ex
             panos = {}
             with open(raw, newline="") as f:
                 for row in csv.DictReader(f):
-                    panos[row["key"]] = str(row.get("pano", "False")).strip().lower() in ("true", "1")
+                    panos[row["key"]] = _true(row.get("pano", "False"))
+            keep = None if subtask is None else _subtask_rows(folder / "subtask_index.csv", subtask)
             with open(post, newline="") as f:
                 for line, row in enumerate(csv.DictReader(f), start=2):
                     try:
                         key, east, north = row["key"], float(row["easting"]), float(row["northing"])
                     except (KeyError, TypeError, ValueError) as err:
                         raise DatasetLayoutError(f"{post}:{line}: cannot read key/easting/northing ({err})") from err
+                    if keep is not None and (line - 2 >= len(keep) or not keep[line - 2]):
+                        outside += 1
+                        continue
                     if exclude_panoramas and panos.get(key, False):
                         dropped += 1
                         continue
@@ -140,8 +171,9 @@ def read_msls(root: str | Path, cities: list[str], subset: str = "train_val", ex
                     out.append(_record(root, Path(subset) / city / role / "images" / f"{key}.jpg", (east, north),
                                        f"{night}_{row.get('view_direction', '')}_{city}".lower()))  # fmt: skip
     _check_files(database + queries, root / subset)
+    chosen = "" if subtask is None else f"subtask '{subtask}' ({outside} images outside it dropped); "
     return SplitManifest(name, root, database, queries, 25.0,
-                         notes=[f"cities {cities}; {dropped} panoramas excluded; positives within 25 m"])  # fmt: skip
+                         notes=[f"cities {cities}; {chosen}{dropped} panoramas excluded; positives within 25 m"])  # fmt: skip
 
 
 # -- Patch-NetVLAD lists + npz ---------------------------------------------------------------------

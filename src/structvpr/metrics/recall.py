@@ -24,7 +24,7 @@ def first_positive_rank(
     queries: torch.Tensor, database: torch.Tensor, max_rank: int, *,
     query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
     radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
-    backend: Backend = "torch", database_groups: Sequence[Any] | np.ndarray | None = None,
+    backend: Backend = "auto", database_groups: Sequence[Any] | np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Rank (1-based) of the first true positive among each query's retrieved database items.
 
@@ -120,7 +120,7 @@ def recall_at_n(
     queries: torch.Tensor, database: torch.Tensor, ns: Sequence[int] = (1, 5, 10, 20), *,
     query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
     radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
-    backend: Backend = "torch", database_groups: Sequence[Any] | np.ndarray | None = None,
+    backend: Backend = "auto", database_groups: Sequence[Any] | np.ndarray | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Fraction of queries with a true positive among their top-N retrieved database items.
 
@@ -161,7 +161,8 @@ class RecallAtN(Metric):
         radius: A database image within this many metres of the query is correct.
         positives: Optional per-query lists of positive database indices (query order);
             when given they replace the radius rule (frame windows, precomputed GT).
-        backend: ``torch`` (chunked matrix product, fastest on CPU) or ``faiss``.
+        backend: ``auto`` (faiss flat on CPU, the chunked matrix product on GPU), ``torch`` or
+            ``faiss``; exact ties go to the lower database index in every backend.
         database_groups: Optional group (panorama id) of every database item in dataset
             order: one hit per group is counted (see :func:`first_positive_rank`).
 
@@ -176,7 +177,7 @@ class RecallAtN(Metric):
     higher_is_better = True
 
     def __init__(self, ns: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
-                 positives: Sequence[Sequence[int]] | None = None, backend: Backend = "torch",
+                 positives: Sequence[Sequence[int]] | None = None, backend: Backend = "auto",
                  database_groups: Sequence[Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.ns = _check_ns(ns)
@@ -213,14 +214,19 @@ class RecallAtN(Metric):
         """Recall@N per N, plus ``num_queries`` and ``num_excluded``."""
         desc, idx = dim_zero_cat(self.descriptors), dim_zero_cat(self.indices)
         is_q, utm = dim_zero_cat(self.is_query), dim_zero_cat(self.utm)
-        # Keep the first occurrence of each dataset index (DistributedSampler pads repeats),
-        # in index order; gather each descriptor once, straight into its database/query block.
-        order = torch.argsort(idx, stable=True)
-        sorted_idx = idx[order]
-        first = torch.ones_like(sorted_idx, dtype=torch.bool)
-        first[1:] = sorted_idx[1:] != sorted_idx[:-1]
-        keep = order[first]
-        q_pos, db_pos = keep[is_q[keep]], keep[~is_q[keep]]
+        n_db = int((~is_q).sum())
+        if bool((idx[1:] > idx[:-1]).all()) and not bool(is_q[:n_db].any()):
+            # One process, in dataset order, database first (the usual evaluation): slices, no copies.
+            db_pos, q_pos = slice(0, n_db), slice(n_db, len(idx))
+        else:
+            # Keep the first occurrence of each dataset index (DistributedSampler pads repeats),
+            # in index order; gather each descriptor once, straight into its database/query block.
+            order = torch.argsort(idx, stable=True)
+            sorted_idx = idx[order]
+            first = torch.ones_like(sorted_idx, dtype=torch.bool)
+            first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+            keep = order[first]
+            q_pos, db_pos = keep[is_q[keep]], keep[~is_q[keep]]  # type: ignore[assignment]
         queries, database = desc[q_pos], desc[db_pos]
         if self.positives is not None:
             result = recall_at_n(queries, database, self.ns, positives=self.positives, backend=self.backend,

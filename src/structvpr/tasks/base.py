@@ -17,6 +17,7 @@ from structvpr.losses import REFERENCE_MARGIN, triplet_margin_loss
 from structvpr.metrics.recall import RecallAtN
 from structvpr.models.aggregators import NetVLAD
 from structvpr.models.encoder import PlaceEncoder
+from structvpr.retrieval.search import BACKENDS
 from structvpr.utils.memory import check_memory
 
 
@@ -39,7 +40,9 @@ class VPRTask(pl.LightningModule):
         recall_ns: N of the Recall@N logged as ``val/R@N`` and ``test/R@N``.
         eval_radius: Metres within which a retrieved database image is correct.
         kmeans_images: Training images whose trunk features initialise NetVLAD by k-means.
-        search_backend: ``torch`` or ``faiss`` exact search for evaluation.
+        search_backend: Exact search for evaluation, mining and ranks: ``auto`` (faiss flat on CPU, the
+            chunked matrix product on GPU; see :func:`structvpr.retrieval.search.resolve_backend`),
+            ``torch`` or ``faiss``.
 
     """
 
@@ -49,13 +52,13 @@ class VPRTask(pl.LightningModule):
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
+                 kmeans_images: int = 200, search_backend: str = "auto") -> None:  # fmt: skip
         super().__init__()
         for name, value in (("lr", lr), ("margin", margin), ("eval_radius", eval_radius)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if search_backend not in ("torch", "faiss"):
-            raise ValueError(f"search_backend must be 'torch' or 'faiss', got {search_backend!r}")
+        if search_backend not in BACKENDS:
+            raise ValueError(f"search_backend must be one of {BACKENDS}, got {search_backend!r}")
         self.save_hyperparameters()
         self.encoder = PlaceEncoder(in_chans, trunk, aggregator, num_clusters, pretrained_path, pca_dim)
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]

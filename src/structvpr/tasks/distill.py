@@ -54,7 +54,7 @@ class StructVPRDistillation(StructVPRStudent):
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``torch`` or ``faiss``.
+        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
 
     """
 
@@ -63,7 +63,7 @@ class StructVPRDistillation(StructVPRStudent):
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "torch") -> None:  # fmt: skip
+                 kmeans_images: int = 200, search_backend: str = "auto") -> None:  # fmt: skip
         super().__init__(trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr, weight_decay,
                          margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
         if distill_weight < 0:

@@ -36,7 +36,7 @@ class StructVPRStudent(VPRTask):
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``torch`` or ``faiss``.
+        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
         rerank_top_k: When set, ``test`` also re-ranks the top-K global candidates by verified
             local matches (:mod:`structvpr.retrieval.rerank`) and reports both stages with their
             per-query latency. Single process only.
@@ -49,7 +49,7 @@ class StructVPRStudent(VPRTask):
                  pretrained_path: str | None = None, pca_dim: int | None = None, lr: float = 1e-3,
                  weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "torch",
+                 kmeans_images: int = 200, search_backend: str = "auto",
                  rerank_top_k: int | None = None) -> None:  # fmt: skip
         super().__init__(3, trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr,
                          weight_decay, margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
