@@ -25,20 +25,21 @@ from structvpr.data import synthetic
 from structvpr.pipeline import best_checkpoint, fit_stage, test_stage
 
 ROWS = ("teacher", "baseline", "weighted", "uniform")
-#: Rows that distil, and the SampleWeighting option each sets.
-DISTILLED = {"weighted": None, "uniform": "uniform", "normalised": "normalize"}
+#: Rows that distil, and the SampleWeighting options each sets (weights of mean 1 by default).
+DISTILLED: dict[str, dict[str, bool]] = {"weighted": {}, "uniform": {"uniform": True},
+                                         "unnormalised": {"normalize": False}}  # fmt: skip
 
 
-def _weighting_config(config_dir: Path, out: Path, option: str | None) -> Path:
-    """distill.yaml, with SampleWeighting(<option>=True) when an option is given."""
-    if option is None:
+def _weighting_config(config_dir: Path, out: Path, options: dict[str, bool]) -> Path:
+    """distill.yaml, with these SampleWeighting init args set."""
+    if not options:
         return config_dir / "distill.yaml"
     cfg = yaml.safe_load((config_dir / "distill.yaml").read_text())
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("SampleWeighting"):
-            cb.setdefault("init_args", {})[option] = True
+            cb.setdefault("init_args", {}).update(options)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"distill_{option}.yaml"
+    path = out / f"distill_{'_'.join(options)}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
