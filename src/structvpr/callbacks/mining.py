@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -47,18 +47,23 @@ class HardNegativeMining(pl.Callback):
             (None: the whole database). The references use 1,000.
         positive: ``nearest`` (descriptor-nearest GPS positive) or ``random``.
         search_backend: Search for negatives (None: the task's ``search_backend``).
+        descriptor_dtype: Storage of the sub-epoch's descriptors (student and teacher):
+            ``float16`` halves their memory; search and losses still compute in float32.
         seed: Seed of the negative pools.
 
     """
 
     def __init__(self, cache_negatives: int | None = 1000, positive: Literal["nearest", "random"] = "nearest",
-                 search_backend: Backend | None = None, seed: int = 0) -> None:  # fmt: skip
+                 search_backend: Backend | None = None,
+                 descriptor_dtype: Literal["float32", "float16"] = "float32", seed: int = 0) -> None:  # fmt: skip
         if cache_negatives is not None and cache_negatives < 1:
             raise ValueError(f"cache_negatives must be >= 1 or None, got {cache_negatives}")
         if positive not in ("nearest", "random"):
             raise ValueError(f"positive must be 'nearest' or 'random', got {positive!r}")
         self.cache_negatives, self.positive, self.seed = cache_negatives, positive, seed
-        self.search_backend = search_backend
+        if descriptor_dtype not in ("float32", "float16"):
+            raise ValueError(f"descriptor_dtype must be 'float32' or 'float16', got {descriptor_dtype!r}")
+        self.search_backend, self.descriptor_dtype = search_backend, descriptor_dtype
         self.refreshes = 0
         self.random_fills = 0
         self._restored: dict[str, Any] | None = None
@@ -74,6 +79,7 @@ class HardNegativeMining(pl.Callback):
         if dataset is None or not hasattr(dataset, "set_tuples"):
             raise TypeError("HardNegativeMining needs a datamodule whose train_dataset has set_tuples()")
         self._trainer = trainer
+        cast(Any, pl_module).encode_dtype = getattr(torch, self.descriptor_dtype)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dataset = datamodule_of(trainer).train_dataset

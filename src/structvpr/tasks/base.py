@@ -68,6 +68,9 @@ class VPRTask(pl.LightningModule):
         self._updates = 0
         #: Images this process has encoded in encoding passes (training-bank and loader passes).
         self.images_encoded = 0
+        #: Storage type of the per-sub-epoch training descriptors (set by ``HardNegativeMining``;
+        #: float16 halves them, search and losses still compute in float32).
+        self.encode_dtype = torch.float32
         self.test_results: dict[str, float] = {}
 
     @property
@@ -113,7 +116,7 @@ class VPRTask(pl.LightningModule):
         return out
 
     def encode_images(self, ids: np.ndarray | Sequence[int], encoder: nn.Module | None = None,
-                      key: str | None = None) -> torch.Tensor:  # fmt: skip
+                      key: str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
         """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images, on the model's device.
 
         Each process encodes its share (``1 / world_size``) of ``ids`` with the datamodule's
@@ -124,7 +127,7 @@ class VPRTask(pl.LightningModule):
         key = key or self.input_key
         world, rank = self.trainer.world_size, self.trainer.global_rank
         shards = np.array_split(ids, world)
-        local = self.encode_loader(self.datamodule.train_images_dataloader(shards[rank], key), encoder, key)
+        local = self.encode_loader(self.datamodule.train_images_dataloader(shards[rank], key), encoder, key, dtype)
         if world == 1:
             return local
         size = max(len(s) for s in shards)
@@ -152,11 +155,11 @@ class VPRTask(pl.LightningModule):
         missing = np.setdiff1d(wanted, known)
         if len(missing):
             dim = cast(Any, encoder).pooled_dim
-            check_memory((len(known) + len(missing)) * dim * 4, self.device, self.trainer,
+            check_memory((len(known) + len(missing)) * dim * self.encode_dtype.itemsize, self.device, self.trainer,
                          f"{name} descriptors of {len(known) + len(missing):,} training images x {dim} dimensions",
                          "lower data.init_args.cache_queries (queries per sub-epoch) or "
                          "HardNegativeMining(cache_negatives) (the negative pool)")  # fmt: skip
-            fresh = self.encode_images(missing, encoder, key)
+            fresh = self.encode_images(missing, encoder, key, self.encode_dtype)
             ids_all = np.concatenate([known, missing])
             order = np.argsort(ids_all, kind="stable")
             desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order).to(fresh.device)]
