@@ -108,9 +108,9 @@ def test_float16_descriptors_halve_the_sub_epoch_cache_and_mine_alike(tiny43_wor
     for dtype in ("float32", "float16"):
 
         class Keep(pl.Callback):
-            def on_train_epoch_start(self, trainer, pl_module):
-                dtypes[dtype] = pl_module._descriptors["student"][2].dtype
-                tables[dtype] = trainer.datamodule.train_dataset.tuples.clone()
+            def on_train_epoch_start(self, trainer, pl_module, name=dtype):
+                dtypes[name] = pl_module._descriptors["student"][2].dtype
+                tables[name] = trainer.datamodule.train_dataset.tuples.clone()
 
         pl.seed_everything(0)
         _trainer(tmp_path, callbacks=[HardNegativeMining(descriptor_dtype=dtype), Keep()], enable_checkpointing=False,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +20,11 @@ class PlaceEncoder(nn.Module):
     Args:
         in_chans: Input channels: 3 for RGB, G for a one-hot label map.
         trunk: ``simple`` or a timm model name (``vgg16`` is the paper's conv5_3 trunk).
-        aggregator: ``gem`` or ``netvlad``.
+        aggregator: ``gem``, ``netvlad``, or any callable that builds an aggregator from the trunk's
+            output channels, e.g. a class ``MyPool(channels, ...)``: the module maps ``(B, C, h, w)``
+            to ``(B, D)`` and has ``output_dim(channels) -> D`` (from a config:
+            ``aggregator: {class_path: my_package.MyPool, init_args: {...}}``, with
+            ``channels`` filled in here).
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk.
         pca_dim: Output size of PCA-whitening (identity until fitted, e.g. by
@@ -25,16 +32,24 @@ class PlaceEncoder(nn.Module):
 
     """
 
-    def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str = "gem",
-                 num_clusters: int = 64, pretrained_path: str | None = None,
-                 pca_dim: int | None = None) -> None:  # fmt: skip
+    def __init__(self, in_chans: int = 3, trunk: str = "simple",
+                 aggregator: str | Callable[[int], nn.Module] = "gem", num_clusters: int = 64,
+                 pretrained_path: str | None = None, pca_dim: int | None = None) -> None:  # fmt: skip
         super().__init__()
-        if aggregator not in ("gem", "netvlad"):
-            raise ValueError(f"aggregator must be 'gem' or 'netvlad', got {aggregator!r}")
+        if isinstance(aggregator, str) and aggregator not in ("gem", "netvlad"):
+            raise ValueError(f"aggregator must be 'gem', 'netvlad' or a callable building a module, got {aggregator!r}")
         self.trunk = build_trunk(trunk, in_chans, pretrained_path)
         channels = int(self.trunk.out_channels)
-        self.aggregator: GeM | NetVLAD = GeM() if aggregator == "gem" else NetVLAD(num_clusters, channels)
-        self.pooled_dim = self.aggregator.output_dim(channels)
+        if aggregator == "gem":
+            self.aggregator: nn.Module = GeM()
+        elif aggregator == "netvlad":
+            self.aggregator = NetVLAD(num_clusters, channels)
+        else:
+            assert callable(aggregator)
+            self.aggregator = aggregator(channels)
+            if not callable(getattr(self.aggregator, "output_dim", None)):
+                raise TypeError(f"{type(self.aggregator).__name__} needs an output_dim(channels) method")
+        self.pooled_dim = int(cast(Any, self.aggregator).output_dim(channels))
         self.pca = PCAWhitening(self.pooled_dim, pca_dim) if pca_dim is not None else None
 
     @property

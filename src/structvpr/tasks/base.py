@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +29,8 @@ class VPRTask(pl.LightningModule):
     Args:
         in_chans: Input channels of the encoder.
         trunk: ``simple`` or a timm name (``vgg16`` is the paper's trunk).
-        aggregator: ``gem`` or ``netvlad``.
+        aggregator: ``gem``, ``netvlad``, or a callable building an aggregator from the trunk's channels
+            (a config ``class_path``; see :class:`~structvpr.models.PlaceEncoder`).
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk (never downloaded).
         pca_dim: PCA-whitening size, fitted after training (None for none).
@@ -48,7 +49,7 @@ class VPRTask(pl.LightningModule):
 
     input_key = "image"
 
-    def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str = "gem",
+    def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

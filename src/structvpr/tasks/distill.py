@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
 
 from structvpr.data.datasets import is_geometric
 from structvpr.losses import REFERENCE_MARGIN, distillation_loss, weighted_mean
@@ -44,7 +45,8 @@ class StructVPRDistillation(StructVPRStudent):
             running it in every step; used only when exact (no geometric augmentation).
         trunk: Student trunk (see :class:`StructVPRStudent`); must give the teacher's
             descriptor size.
-        aggregator: ``gem`` or ``netvlad``.
+        aggregator: ``gem``, ``netvlad``, or a callable building an aggregator from the trunk's channels
+            (a config ``class_path``; see :class:`~structvpr.models.PlaceEncoder`).
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk.
         pca_dim: PCA-whitening size (None for none).
@@ -59,7 +61,7 @@ class StructVPRDistillation(StructVPRStudent):
     """
 
     def __init__(self, teacher_ckpt: str, student_ckpt: str | None = None, distill_weight: float = 1.0,
-                 cache_teacher: bool = True, trunk: str = "simple", aggregator: str = "gem",
+                 cache_teacher: bool = True, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from structvpr.losses import REFERENCE_MARGIN
 from structvpr.tasks.base import VPRTask
@@ -26,7 +27,8 @@ class StructVPRStudent(VPRTask):
 
     Args:
         trunk: ``simple`` or a timm name (``vgg16`` is the paper's conv5_3 trunk).
-        aggregator: ``gem`` or ``netvlad``.
+        aggregator: ``gem``, ``netvlad``, or a callable building an aggregator from the trunk's channels
+            (a config ``class_path``; see :class:`~structvpr.models.PlaceEncoder`).
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk (never downloaded).
         pca_dim: PCA-whitening size (None for none).
@@ -45,7 +47,7 @@ class StructVPRStudent(VPRTask):
 
     input_key = "image"
 
-    def __init__(self, trunk: str = "simple", aggregator: str = "gem", num_clusters: int = 16,
+    def __init__(self, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem", num_clusters: int = 16,
                  pretrained_path: str | None = None, pca_dim: int | None = None, lr: float = 1e-3,
                  weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

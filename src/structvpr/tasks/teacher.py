@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from torch import nn
 
 from structvpr.losses import REFERENCE_MARGIN
 from structvpr.tasks.base import VPRTask
@@ -18,7 +20,8 @@ class SegTeacher(VPRTask):
             grouping, whose ``dynamic`` group is encoded as zeros).
         trunk: See :class:`~structvpr.tasks.base.VPRTask`; the trunk's first convolution
             takes ``num_groups`` channels.
-        aggregator: ``gem`` or ``netvlad``.
+        aggregator: ``gem``, ``netvlad``, or a callable building an aggregator from the trunk's channels
+            (a config ``class_path``; see :class:`~structvpr.models.PlaceEncoder`).
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk.
         pca_dim: PCA-whitening size (None for none).
@@ -34,7 +37,7 @@ class SegTeacher(VPRTask):
 
     input_key = "label"
 
-    def __init__(self, num_groups: int = 5, trunk: str = "simple", aggregator: str = "gem",
+    def __init__(self, num_groups: int = 5, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
