@@ -66,5 +66,48 @@ def test_place_encoder_dimensions_with_and_without_pca():
     assert enc(x).shape == (2, enc.pooled_dim)  # PCA not fitted yet
     enc.pca.fit(torch.randn(20, enc.pooled_dim))
     assert enc(x).shape == (2, 8) and enc.pooled(x).shape == (2, enc.pooled_dim)
-    with pytest.raises(ValueError, match="aggregator must be 'gem' or 'netvlad'"):
+    with pytest.raises(ValueError, match="aggregator must be 'gem', 'netvlad' or a callable"):
         PlaceEncoder(aggregator="max")
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenetv2_100"])
+def test_weight_file_with_wrong_keys_fails_naming_the_unloaded_tensors(name, tmp_path):
+    import timm
+
+    full = timm.create_model(name, pretrained=False).state_dict()
+    path = tmp_path / "wrong.pth"
+    torch.save({f"backbone.{k}": v for k, v in full.items()}, path)  # keys of another naming scheme
+    with pytest.raises(ValueError, match=rf"wrong.pth: \d+ of \d+ tensors of the {name} trunk get no weight"):
+        TimmTrunk(name, pretrained_path=str(path))
+    # timm's own file, with one junk key more: every trunk tensor loads, the classifier and the junk are reported
+    torch.save({**full, "junk": torch.zeros(1)}, path)
+    trunk = TimmTrunk(name, pretrained_path=str(path))
+    assert trunk.load_report is not None and "junk" in trunk.load_report.unused
+    first_key, first = next(iter(trunk.body.state_dict().items()))
+    source = full[("features." if name == "vgg16" else "") + first_key]
+    assert torch.equal(first, source)
+
+
+def test_conv_only_vgg16_file_loads_and_adapts_to_label_channels(tmp_path):
+    import timm
+
+    convs = {k: v for k, v in timm.create_model("vgg16", pretrained=False).state_dict().items()
+             if k.startswith("features.")}  # fmt: skip
+    path = tmp_path / "vgg16_convs.pth"
+    torch.save(convs, path)
+    rgb = TimmTrunk("vgg16", pretrained_path=str(path))
+    assert torch.equal(rgb.body[0].weight, convs["features.0.weight"]) and rgb.load_report.unused == []
+    labels = TimmTrunk("vgg16", in_chans=5, pretrained_path=str(path))  # the teacher's first convolution
+    assert labels.body[0].weight.shape[1] == 5 and labels.load_report.adapted == ["0.weight"]
+
+
+def test_encoding_with_uninitialised_netvlad_warns():
+    agg = NetVLAD(num_clusters=4, dim=8).eval()
+    with pytest.warns(UserWarning, match="NetVLAD encodes with random centroids"):
+        agg(torch.randn(2, 8, 3, 3))
+    agg.init_clusters(torch.randn(50, 8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        agg(torch.randn(2, 8, 3, 3))

@@ -225,3 +225,21 @@ def test_weighting_needs_mining_before_it(trained, tiny_world, tmp_path):
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
     with pytest.raises(ValueError, match="put HardNegativeMining before it"):
         _trainer(tmp_path, callbacks=[SampleWeighting(), HardNegativeMining()]).fit(model, datamodule=_dm(tiny_world))
+
+
+def test_distillation_checkpoint_reloads_after_its_teacher_file_is_deleted(trained, tiny_world, tmp_path):
+    import shutil
+
+    teacher_file = tmp_path / "teacher.ckpt"
+    shutil.copy(trained["teacher"], teacher_file)
+    model = StructVPRDistillation(teacher_ckpt=str(teacher_file), student_ckpt=trained["baseline"])
+    trainer = _trainer(tmp_path, callbacks=[HardNegativeMining()], enable_checkpointing=False)
+    trainer.fit(model, datamodule=_dm(tiny_world))
+    trainer.save_checkpoint(tmp_path / "distill.ckpt")
+    teacher_file.unlink()
+    reloaded = StructVPRDistillation.load_from_checkpoint(tmp_path / "distill.ckpt", map_location="cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key  # teacher and student weights alike
+    assert reloaded.hparams.teacher_hparams["num_groups"] == 5
+    with pytest.raises(FileNotFoundError, match="teacher_ckpt: .*teacher.ckpt does not exist"):
+        StructVPRDistillation(teacher_ckpt=str(teacher_file))  # a new run still needs the file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -93,6 +94,9 @@ class NetVLAD(nn.Module):
         self.initialised.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and not bool(self.initialised) and not torch.jit.is_scripting():
+            warnings.warn("NetVLAD encodes with random centroids: initialise them with init_clusters() (a fit "
+                          "does it from training images) or load a trained checkpoint", stacklevel=2)  # fmt: skip
         b, c = x.shape[:2]
         x = F.normalize(x, dim=1)
         soft = F.softmax(self.conv(x).flatten(2), dim=1)  # (B, K, HW)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,7 +49,8 @@ class TimmTrunk(Trunk):
 
     ``vgg16`` is cut at conv5_3 with its last ReLU and pool dropped (the paper's trunk); other
     names return the last feature stage of ``features_only``. Pretrained weights are read
-    from ``pretrained_path`` when given and never downloaded.
+    from ``pretrained_path`` when given (never downloaded) by :func:`load_trunk_weights`, which
+    fails when any trunk tensor stays without a weight.
 
     Args:
         name: timm model name (``vgg16``, ``resnet18``, ``resnet50``, ...).
@@ -63,22 +65,96 @@ class TimmTrunk(Trunk):
 
         if pretrained_path is not None and not Path(pretrained_path).is_file():
             raise FileNotFoundError(f"{pretrained_path}: pretrained weight file does not exist")
-        kwargs: dict = {"pretrained": pretrained_path is not None, "in_chans": in_chans}
-        if pretrained_path is not None:
-            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
         if name == "vgg16":
-            model = timm.create_model("vgg16", **kwargs)
+            model = timm.create_model("vgg16", pretrained=False, in_chans=in_chans)
             self.body: nn.Module = cast(nn.Sequential, model.features)[:29]  # through conv5_3, before its ReLU
             self.out_channels = 512
+            prefix = "features."
         else:
-            model = timm.create_model(name, features_only=True, out_indices=(-1,), **kwargs)
+            model = timm.create_model(name, features_only=True, out_indices=(-1,), pretrained=False, in_chans=in_chans)
             self.body = model
             self.out_channels = int(cast(Any, model).feature_info.channels()[-1])
+            prefix = ""
         self.is_features_only = name != "vgg16"
+        #: What loading ``pretrained_path`` matched (None without a file).
+        self.load_report: LoadReport | None = None
+        if pretrained_path is not None:
+            self.load_report = load_trunk_weights(self.body, pretrained_path, name, prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         return out[-1] if self.is_features_only else out
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_trunk_weights` did: tensors loaded, file keys left unused."""
+
+    loaded: int
+    unused: list[str]
+    adapted: list[str]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.pth``/``.pt``/``.bin`` (``torch.save``, read with ``weights_only=True``) or
+    ``.safetensors`` file; a ``state_dict`` or ``model`` entry is unwrapped, ``module.`` prefixes
+    (DataParallel) are dropped."""  # noqa: D205
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read a state dict ({err})") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds no mapping of names to tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str = "") -> LoadReport:
+    """Load a weight file into a trunk strictly: every trunk tensor must get a weight.
+
+    File keys are the timm model's own (for ``vgg16`` also torchvision's, which are the same:
+    ``features.N.*``); ``prefix`` is what the file puts before the trunk's keys. Keys the
+    trunk has no use for (a classifier, ``pre_logits``) are reported, not loaded. A first
+    convolution saved for 3 channels is adapted to the trunk's input channels as timm does.
+
+    Raises:
+        ValueError: naming the trunk tensors that found no weight of the right shape.
+    """
+    import timm.models
+
+    own = body.state_dict()
+    state = read_state_dict(path)
+    matched: dict[str, torch.Tensor] = {}
+    adapted: list[str] = []
+    for key, value in state.items():
+        target = key[len(prefix) :] if key.startswith(prefix) else None
+        if target is None or target not in own:
+            continue
+        want = own[target]
+        if value.shape == want.shape:
+            matched[target] = value
+        elif value.ndim == 4 and want.ndim == 4 and value.shape[1] == 3 and value.shape[0] == want.shape[0]:
+            matched[target] = timm.models.adapt_input_conv(want.shape[1], value)  # RGB weights, G channels
+            adapted.append(target)
+    missing = [k for k in own if k not in matched]
+    if missing:
+        raise ValueError(
+            f"{path}: {len(missing)} of {len(own)} tensors of the {name} trunk get no weight from this file "
+            f"(e.g. {', '.join(missing[:4])}); the file holds {len(state)} tensors "
+            f"(e.g. {', '.join(list(state)[:4])}). Give a state dict with timm's keys for '{name}'"
+            + (f" (prefixed '{prefix}')" if prefix else "")
+        )
+    body.load_state_dict(matched, strict=True)
+    unused = [k for k in state if not (k.startswith(prefix) and k[len(prefix) :] in matched)]
+    return LoadReport(len(matched), unused, adapted)
 
 
 def build_trunk(name: str, in_chans: int, pretrained_path: str | None = None) -> Trunk:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ class StructVPRDistillation(StructVPRStudent):
     so the teacher runs on each batch's own transformed label maps instead, with a warning.
 
     Args:
-        teacher_ckpt: Checkpoint of a trained :class:`SegTeacher`.
+        teacher_ckpt: Checkpoint of a trained :class:`SegTeacher` (read once: the teacher's weights
+            and hyper-parameters are then part of this task's checkpoints).
         student_ckpt: Optional checkpoint of a :class:`StructVPRStudent` (the RGB baseline)
             to start from; random initialisation otherwise.
         distill_weight: lambda.
@@ -57,23 +59,38 @@ class StructVPRDistillation(StructVPRStudent):
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
+        teacher_hparams: Set by checkpoints of this task (the teacher's architecture), so that
+            ``load_from_checkpoint`` needs neither the teacher's nor the student's file.
 
     """
 
-    def __init__(self, teacher_ckpt: str, student_ckpt: str | None = None, distill_weight: float = 1.0,
+    def __init__(self, teacher_ckpt: str | None = None, student_ckpt: str | None = None, distill_weight: float = 1.0,
                  cache_teacher: bool = True, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "auto") -> None:  # fmt: skip
+                 kmeans_images: int = 200, search_backend: str = "auto",
+                 teacher_hparams: dict[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__(trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr, weight_decay,
                          margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        # Reloading a checkpoint of this task: its state dict holds the teacher's and the student's
+        # weights, so their files need not exist any more; the teacher is rebuilt from teacher_hparams.
+        reloading = teacher_hparams is not None
         for name, path in (("teacher_ckpt", teacher_ckpt), ("student_ckpt", student_ckpt)):
-            if path is not None and not Path(path).is_file():
+            if path is not None and not Path(path).is_file() and not reloading:
                 raise FileNotFoundError(f"{name}: {path} does not exist")
-        self.teacher = SegTeacher.load_from_checkpoint(teacher_ckpt, map_location="cpu").encoder
+        if teacher_hparams is not None:
+            self.teacher = SegTeacher(**teacher_hparams).encoder
+        elif teacher_ckpt is None:
+            raise ValueError("teacher_ckpt is required: the SegTeacher checkpoint to distil from")
+        else:
+            loaded = SegTeacher.load_from_checkpoint(teacher_ckpt, map_location="cpu")
+            names = inspect.signature(SegTeacher.__init__).parameters
+            # Saved with this task's hyper-parameters: a checkpoint rebuilds the teacher without its file.
+            self.hparams["teacher_hparams"] = {k: v for k, v in loaded.hparams.items() if k in names}
+            self.teacher = loaded.encoder
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         if self.teacher.pooled_dim != self.encoder.pooled_dim:
@@ -81,7 +98,7 @@ class StructVPRDistillation(StructVPRStudent):
                 f"teacher descriptors have {self.teacher.pooled_dim} dimensions but the student's have "
                 f"{self.encoder.pooled_dim}: give the student the teacher's trunk width and aggregator"
             )
-        if student_ckpt is not None:
+        if student_ckpt is not None and not reloading:
             start = StructVPRStudent.load_from_checkpoint(student_ckpt, map_location="cpu")
             self.encoder.load_state_dict(start.encoder.state_dict())
         self.register_buffer("sample_weights", torch.ones(0))
