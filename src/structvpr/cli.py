@@ -1,4 +1,4 @@
-"""Command line: ``structvpr fit|validate|test|predict`` (LightningCLI), ``synth``, ``segment``, ``splits``, ``demo``."""
+"""Command line: ``structvpr fit|validate|test|predict`` (LightningCLI), ``synth``, ``segment``, ``splits``, ``demo``, ``export``."""  # noqa: E501
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ EXTRA_COMMANDS = """structvpr also has:
   segment write label maps with a local segmentation network (structvpr segment --help)
   splits  list the named dataset splits, their thresholds and options
   demo    run the whole StructVPR pipeline      (structvpr demo --help)
+  export  a student checkpoint to ONNX or TorchScript (structvpr export --help)
 """
 
 
@@ -78,6 +79,10 @@ def main(args: Sequence[str] | None = None) -> None:
         from structvpr.segment import segment_main
 
         segment_main(argv[1:])
+    elif argv and argv[0] == "export":
+        from structvpr.export import export_main
+
+        export_main(argv[1:])
     elif argv and argv[0] == "splits":
         splits_main(argv[1:])
     elif argv and argv[0] == "demo":

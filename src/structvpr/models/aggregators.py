@@ -94,7 +94,8 @@ class NetVLAD(nn.Module):
         self.initialised.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and not bool(self.initialised) and not torch.jit.is_scripting():
+        tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if not self.training and not tracing and not bool(self.initialised):
             warnings.warn("NetVLAD encodes with random centroids: initialise them with init_clusters() (a fit "
                           "does it from training images) or load a trained checkpoint", stacklevel=2)  # fmt: skip
         b, c = x.shape[:2]

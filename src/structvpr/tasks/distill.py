@@ -128,6 +128,7 @@ class StructVPRDistillation(StructVPRStudent):
                            "batch's own transformed label maps (set model.init_args.cache_teacher=false to silence)")  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint["state_dict"].get("sample_weights")
         if saved is not None:
             self.sample_weights = torch.ones_like(saved, device=self.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,36 @@ class StructVPRStudent(VPRTask):
         self.rerank_top_k = rerank_top_k
         self._rerank_state: dict[str, Any] | None = None
         self.rerank_results: dict[str, dict[str, float]] = {}
+        #: What the student must be fed, recorded in its checkpoints (see :meth:`input_spec`).
+        self.saved_input_spec: dict[str, Any] | None = None
+
+    def input_spec(self) -> dict[str, Any]:
+        """Input size, normalisation, descriptor size, PCA state and taxonomy of this student.
+
+        Taken from the datamodule it is trained with (else from its checkpoint); written into
+        every checkpoint under ``structvpr_input`` and into exported ONNX / TorchScript files.
+        """
+        from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+        spec = dict(self.saved_input_spec or {})
+        dm = self.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "image_size"):
+            spec["image_size"] = [int(v) for v in dm.image_size]
+            spec["taxonomy"] = dict(getattr(dm, "hparams", {})).get("grouping")
+        pca = self.encoder.pca
+        pca_state = None if pca is None else {"in": pca.in_dim, "out": pca.out_dim, "fitted": bool(pca.fitted)}
+        spec.update({"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": "RGB",
+                     "descriptor_dim": self.encoder.descriptor_dim, "pca": pca_state})  # fmt: skip
+        spec.setdefault("image_size", None)
+        spec.setdefault("taxonomy", None)
+        return spec
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["structvpr_input"] = self.input_spec()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.saved_input_spec = checkpoint.get("structvpr_input")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         if not self.rerank_top_k:
@@ -144,6 +175,12 @@ class StructVPRStudent(VPRTask):
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        size = (self.saved_input_spec or {}).get("image_size")
+        if size is not None and list(images.shape[-2:]) != list(size):
+            warnings.warn(f"images are {tuple(images.shape[-2:])} but this student was trained on {tuple(size)}: "
+                          "resize them as in training (structvpr.data.datasets.joint_transform)", stacklevel=2)  # fmt: skip
+        if float(images.mean()) > 20:  # normalised images have values around 0; raw ones 0..255
+            warnings.warn("images look unnormalised (mean > 20): give ImageNet-normalised float RGB", stacklevel=2)
         was_training = self.training
         self.eval()
         out = [self(chunk.to(self.device)) for chunk in images.split(batch_size)]
@@ -170,6 +207,7 @@ class StructVPRStudent(VPRTask):
             StructVPRStudent.CHECKPOINT_HYPER_PARAMS_KEY: {
                 **self.student_hparams(), "_class_path": "structvpr.tasks.StructVPRStudent"},
             "pytorch-lightning_version": pl.__version__,
+            "structvpr_input": self.input_spec(),
         }
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(checkpoint, tmp)
