@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     ns = parser.parse_args()
 
-    model = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu")
+    model = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu", weights_only=True)
     dataset = FolderDataset.from_folders(ns.database, ns.queries, joint_transform(tuple(ns.image_size), train=False))
     loader = DataLoader(dataset, batch_size=32)
     desc = encode(model, loader)

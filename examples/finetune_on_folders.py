@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/finetune")
     ns = parser.parse_args()
 
-    start = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu")
+    start = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu", weights_only=True)
     model = StructVPRStudent(**{**start.student_hparams(), "lr": ns.lr})
     model.encoder.load_state_dict(start.encoder.state_dict())
     data = VPRDataModule(root=ns.root, image_size=tuple(ns.image_size), with_labels=False, synthetic_preset=None,
@@ -41,7 +41,7 @@ def main() -> None:
     trainer = pl.Trainer(max_epochs=ns.epochs, logger=False, default_root_dir=ns.out, enable_progress_bar=False,
                          callbacks=[HardNegativeMining(), best])  # fmt: skip
     trainer.fit(model, datamodule=data)
-    tuned = StructVPRStudent.load_from_checkpoint(best.best_model_path, map_location="cpu")
+    tuned = StructVPRStudent.load_from_checkpoint(best.best_model_path, map_location="cpu", weights_only=True)
     path = tuned.export_student(Path(ns.out) / "student.ckpt")
     print(f"best val/R@1 {float(best.best_model_score):.1f}; exported {path}")
 

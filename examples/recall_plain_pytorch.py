@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, nargs=2, default=[48, 96], metavar=("H", "W"))
     ns = parser.parse_args()
 
-    model = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu").eval()
+    model = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu", weights_only=True).eval()
     dataset = ImageDataset(read_split(ns.root, ns.split, "database"), read_split(ns.root, ns.split, "queries"),
                            joint_transform(tuple(ns.image_size), train=False))  # fmt: skip
     metric = RecallAtN(ns=(1, 5, 10), radius=25.0)

@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 EXTRA_COMMANDS = """structvpr also has:
@@ -17,20 +18,121 @@ EXTRA_COMMANDS = """structvpr also has:
 """
 
 
+#: Init arguments that fix a model's architecture: a checkpoint must agree with the config on them.
+ARCHITECTURE_KEYS = ("trunk", "aggregator", "num_clusters", "pca_dim", "num_groups")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint holds another model class or architecture than the config builds."""
+
+
+def _plain(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def check_checkpoint_matches(ckpt_path: str | Path, model_config: Any) -> None:
+    """Refuse a checkpoint whose class or architecture differs from the config's model.
+
+    Raises:
+        CheckpointMismatchError: naming both classes or the differing init arguments.
+    """
+    import torch
+
+    ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    saved = dict(ckpt.get("hyper_parameters", {}))
+    config = _plain(model_config) or {}
+    saved_class, config_class = saved.get("_class_path"), config.get("class_path")
+    if saved_class and config_class and saved_class != config_class:
+        raise CheckpointMismatchError(
+            f"{ckpt_path} holds a {saved_class.rsplit('.', 1)[-1]} but the config builds a "
+            f"{config_class.rsplit('.', 1)[-1]}: use the config it was trained with (or a checkpoint of that class)"
+        )
+    init = _plain(config.get("init_args")) or {}
+    diffs = [f"{k}={saved[k]!r} in the checkpoint, {init[k]!r} in the config" for k in ARCHITECTURE_KEYS
+             if k in saved and k in init and _plain(saved[k]) != _plain(init[k])]  # fmt: skip
+    if diffs:
+        raise CheckpointMismatchError(f"{ckpt_path} does not fit the config's model: {'; '.join(diffs)}")
+
+
+def _cli_class() -> Any:
+    from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+
+    from structvpr.utils.runs import run_folder
+
+    class VersionedSaveConfig(SaveConfigCallback):
+        """Writes ``config.yaml`` into the run's own folder (``<log dir>/version_N``), never over another run's."""
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if self.already_saved:
+                return
+            folder = run_folder(trainer)
+            if trainer.is_global_zero:
+                self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
+                                 multifile=self.multifile)  # fmt: skip
+                self.already_saved = True
+            self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    class StructVPRCLI(LightningCLI):
+        """LightningCLI that checks checkpoints against the config and keeps checkpoints per run name.
+
+        - ``--ckpt_path`` of another class or architecture than the config's model is refused
+          (Lightning would silently rebuild the model from the checkpoint).
+        - Checkpoint callbacks without a ``dirpath`` write to ``<logger save_dir>/checkpoints``
+          (else ``<default_root_dir>/checkpoints``), the same for every run of a config, so
+          ``--ckpt_path last`` finds the previous run's ``last.ckpt``; when there is none it fails.
+        - Checkpoints are read with ``weights_only=True``.
+        """
+
+        def _parse_ckpt_path(self) -> None:
+            sub = self.config.get("subcommand")
+            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt_path and Path(ckpt_path).is_file():
+                check_checkpoint_matches(ckpt_path, self.config[sub].get("model"))
+            super()._parse_ckpt_path()
+
+        def _stable_checkpoint_dirs(self) -> Path:
+            trainer = self.trainer
+            save_dir = getattr(trainer.logger, "save_dir", None) if trainer.logger is not None else None
+            folder = Path(save_dir or trainer.default_root_dir) / "checkpoints"
+            for callback in trainer.checkpoint_callbacks:
+                if getattr(callback, "dirpath", None) is None:
+                    callback.dirpath = str(folder)  # type: ignore[attr-defined]
+            return folder
+
+        def before_fit(self) -> None:
+            folder = self._stable_checkpoint_dirs()
+            if self.config_init[self.subcommand].get("ckpt_path") == "last" and not list(folder.glob("last*.ckpt")):
+                raise FileNotFoundError(f"--ckpt_path last: no last*.ckpt in {folder}, the checkpoint folder of "
+                                        "this config's runs; give a checkpoint file instead")  # fmt: skip
+
+        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if "weights_only" in self._subcommand_method_arguments[subcommand] and kwargs.get("weights_only") is None:
+                kwargs["weights_only"] = True
+            return kwargs
+
+    StructVPRCLI.save_config_class = VersionedSaveConfig  # type: ignore[attr-defined]
+    return StructVPRCLI
+
+
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> Any:
     """LightningCLI over every :class:`~structvpr.tasks.VPRTask` and :class:`~structvpr.data.VPRDataModule`."""
-    from pytorch_lightning.cli import LightningCLI
-
     from structvpr.data import VPRDataModule
     from structvpr.tasks import VPRTask
 
     # `structvpr demo` calls the CLI from Python while sys.argv holds its own arguments.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return LightningCLI(
-        VPRTask, VPRDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        seed_everything_default=0, save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None, run=run,
-    )  # fmt: skip
+    cli = _cli_class()
+    try:
+        return cli(
+            VPRTask, VPRDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            seed_everything_default=0, save_config_callback=cli.save_config_class,
+            args=list(args) if args is not None else None, run=run,
+        )  # fmt: skip
+    except BaseException:
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish(exit_code=1)  # a failed fit closes its logger run
+        raise
 
 
 def synth_main(args: Sequence[str]) -> None:

@@ -61,7 +61,7 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Seq
 
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
-    student = StructVPRStudent.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    student = StructVPRStudent.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     spec: dict[str, Any] = student.input_spec()
     size = list(image_size) if image_size is not None else spec.get("image_size")
     if size is None:

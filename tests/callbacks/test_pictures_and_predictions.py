@@ -92,7 +92,7 @@ def test_predict_through_a_benchmark_config_writes_predictions(tiny_world, tmp_p
               f"--data.init_args.predict_database={folders['db']}", f"--data.init_args.predict_queries={folders['q']}",
               "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0",
               "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'out'}"])  # fmt: skip
-    rows = [r.split() for r in (tmp_path / "out/predictions.txt").read_text().splitlines()]
+    rows = [r.split() for r in (tmp_path / "out/version_0/predictions.txt").read_text().splitlines()]
     assert [r[0] for r in rows] == ["q_0", "q_1"] and all(len(r) == 6 for r in rows)  # top 25 of a 5-image database
 
 
@@ -143,7 +143,7 @@ def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(tr
               "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0", "--ckpt_path", str(student),
               "--trainer.enable_progress_bar=false"]  # fmt: skip
     cli_main(["predict", *common, f"--trainer.default_root_dir={tmp_path / 'pred'}"])
-    official, count = _official_msls_recall(root, tmp_path / "pred/predictions.txt")
+    official, count = _official_msls_recall(root, tmp_path / "pred/version_0/predictions.txt")
     test = cli_main(["test", *common, f"--trainer.default_root_dir={tmp_path / 'test'}"]).model.test_results
     assert int(test["num_queries"]) == count > 0
     for k, value in official.items():
@@ -154,7 +154,7 @@ def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(tr
         cli_main(["predict", *common, f"--trainer.default_root_dir={tmp_path / 'folders'}",
                   f"--data.init_args.predict_database=[{','.join(folders['database'])}]",
                   f"--data.init_args.predict_queries=[{','.join(folders['query'])}]"])  # fmt: skip
-    lines = (tmp_path / "folders/predictions.txt").read_text().splitlines()
+    lines = (tmp_path / "folders/version_0/predictions.txt").read_text().splitlines()
     panoramas = {r["key"] for c in ("cph", "sf") for role in ("database", "query")
                  for r in __import__("csv").DictReader(open(root / "train_val" / c / role / "raw.csv")) if r["pano"] == "True"}
     keys = {k for line in lines for k in line.split()}

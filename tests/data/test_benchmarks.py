@@ -97,7 +97,7 @@ def test_structvpr_test_runs_on_a_fixture_of_the_variant(name, tmp_path, repo_ro
     out = capsys.readouterr().out
     assert "| model | R@1 | R@5 | R@10 | R@20 | queries | excluded |" in out
     assert f"| StructVPRStudent on {name} |" in out
-    report = json.loads((tmp_path / "test_results.json").read_text())
+    report = json.loads((tmp_path / "version_0/test_results.json").read_text())  # the run's own folder
     assert report["notes"] == manifest.notes and report["num_queries"] == result["num_queries"]
     assert f"- {manifest.notes[0]}" in out  # how positives were decided, under the table
 

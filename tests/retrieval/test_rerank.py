@@ -72,6 +72,7 @@ def test_structvpr_test_reports_both_stages(tiny_world, tmp_path):
     assert res["global"]["R@1"] == pytest.approx(model.test_results["R@1"])  # same descriptors, same answer
     assert res["re-ranked"]["R@5"] == pytest.approx(res["global"]["R@5"])  # re-ordering within the top 5
     assert res["re-ranked"]["ms_per_query"] > res["global"]["ms_per_query"]
-    assert (tmp_path / "local_features.npy").is_file() and (tmp_path / "rerank_results.json").is_file()
+    run = tmp_path / "version_0"  # the run's own folder
+    assert (run / "local_features.npy").is_file() and (run / "rerank_results.json").is_file()
     with pytest.raises(ValueError, match="rerank_top_k must be >= 1"):
         StructVPRStudent(rerank_top_k=0)

@@ -33,7 +33,7 @@ class ExportStudent(pl.Callback):
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         folder = Path(getattr(ckpt, "dirpath", None) or trainer.default_root_dir)
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]  # weights only: no code runs
             current = {k: v.clone() for k, v in pl_module.state_dict().items()}
             pl_module.load_state_dict(state)
         if trainer.is_global_zero:

@@ -14,6 +14,7 @@ from structvpr.callbacks._access import datamodule_of
 from structvpr.data.datasets import load_rgb
 from structvpr.metrics.recall import first_positive_rank, hit_matrix
 from structvpr.retrieval.search import knn
+from structvpr.utils.runs import run_folder
 
 GREEN, RED, WHITE = (40, 200, 60), (220, 40, 40), (255, 255, 255)
 
@@ -99,7 +100,7 @@ class RetrievalPictures(pl.Callback):
         candidates = np.flatnonzero(valid.numpy() & (~correct[:, 0].numpy() if self.failures_only else True))
         rng = np.random.default_rng(self.seed)
         rows = np.sort(rng.choice(candidates, min(self.num_queries, len(candidates)), replace=False))
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "pictures"
+        folder = run_folder(trainer) / "pictures"
         folder.mkdir(parents=True, exist_ok=True)
         tag = f"{stage}_epoch{trainer.current_epoch:02d}" if stage == "val" else stage
         grid_path = folder / f"retrieval_{tag}.png"

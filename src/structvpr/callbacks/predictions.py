@@ -10,6 +10,7 @@ import torch
 
 from structvpr.callbacks._access import datamodule_of
 from structvpr.retrieval.search import knn
+from structvpr.utils.runs import run_folder
 
 
 class PredictionWriter(pl.Callback):
@@ -20,7 +21,7 @@ class PredictionWriter(pl.Callback):
     Single process: run predict with ``--trainer.devices 1``.
 
     Args:
-        output_dir: Folder for the files (default: the trainer's log folder).
+        output_dir: Folder for the files (default: this run's own folder, ``<log dir>/version_N``).
         top_k: Predictions per query.
 
     """  # noqa: D205
@@ -43,7 +44,7 @@ class PredictionWriter(pl.Callback):
         dataset = datamodule_of(trainer).predict_dataset
         n_db = dataset.num_database
         paths = getattr(dataset, "paths", None) or [r.path for r in dataset.records]
-        out = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        out = Path(self.output_dir) if self.output_dir else run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         top = knn(desc[n_db:], desc[:n_db], self.top_k)
         lines = [" ".join([Path(paths[n_db + q]).stem, *(Path(paths[j]).stem for j in row.tolist())])

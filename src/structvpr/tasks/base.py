@@ -19,6 +19,7 @@ from structvpr.models.aggregators import NetVLAD
 from structvpr.models.encoder import PlaceEncoder
 from structvpr.retrieval.search import BACKENDS
 from structvpr.utils.memory import check_memory
+from structvpr.utils.runs import run_folder
 
 
 class VPRTask(pl.LightningModule):
@@ -270,10 +271,12 @@ class VPRTask(pl.LightningModule):
             self.log(name, value * 100 if key.startswith("R@") else value, prog_bar=key == "R@1")
         return result
 
+    def setup(self, stage: str) -> None:
+        run_folder(self.trainer)  # every process: rank 0 picks this run's folder
+
     def report_dir(self) -> Path:
-        """Where test reports go: the logger's folder, else the trainer's root folder."""
-        log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        return Path(log_dir or self.trainer.default_root_dir)
+        """The run's own folder for reports, ``<log dir>/version_N`` (see :func:`~structvpr.utils.runs.run_folder`)."""
+        return run_folder(self.trainer)
 
     def write_report(self, result: dict[str, float]) -> None:
         """Write ``test_results.json`` and ``test_results.md`` and print the table."""

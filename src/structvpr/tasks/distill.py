@@ -86,7 +86,7 @@ class StructVPRDistillation(StructVPRStudent):
         elif teacher_ckpt is None:
             raise ValueError("teacher_ckpt is required: the SegTeacher checkpoint to distil from")
         else:
-            loaded = SegTeacher.load_from_checkpoint(teacher_ckpt, map_location="cpu")
+            loaded = SegTeacher.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
             names = inspect.signature(SegTeacher.__init__).parameters
             # Saved with this task's hyper-parameters: a checkpoint rebuilds the teacher without its file.
             self.hparams["teacher_hparams"] = {k: v for k, v in loaded.hparams.items() if k in names}
@@ -99,7 +99,7 @@ class StructVPRDistillation(StructVPRStudent):
                 f"{self.encoder.pooled_dim}: give the student the teacher's trunk width and aggregator"
             )
         if student_ckpt is not None and not reloading:
-            start = StructVPRStudent.load_from_checkpoint(student_ckpt, map_location="cpu")
+            start = StructVPRStudent.load_from_checkpoint(student_ckpt, map_location="cpu", weights_only=True)
             self.encoder.load_state_dict(start.encoder.state_dict())
         self.register_buffer("sample_weights", torch.ones(0))
         #: Whether training steps read the teacher's per-sub-epoch descriptors (set in ``setup``).
@@ -114,6 +114,7 @@ class StructVPRDistillation(StructVPRStudent):
     sample_weights: torch.Tensor
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage != "fit":
             return
         dataset = self.datamodule.train_dataset

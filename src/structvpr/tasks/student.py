@@ -23,7 +23,7 @@ class StructVPRStudent(VPRTask):
 
     Use in another project::
 
-        model = StructVPRStudent.load_from_checkpoint("student.ckpt", map_location="cpu")
+        model = StructVPRStudent.load_from_checkpoint("student.ckpt", map_location="cpu", weights_only=True)
         descriptors = model.encode(images)  # (B, D), L2-normalised
 
     Args:
