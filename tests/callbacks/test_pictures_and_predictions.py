@@ -160,3 +160,26 @@ def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(tr
     keys = {k for line in lines for k in line.split()}
     assert keys and not keys & panoramas
     assert {line.split()[0].split("_")[0] for line in lines} == {"cph", "sf"}  # both cities' queries, one file
+
+
+def test_bad_images_are_listed_before_test_and_predict_can_skip_them(tiny_world, tmp_path):
+    import shutil
+
+    from structvpr.data.datasets import ImageReadError
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world, root)
+    queries = sorted((root / "images/test/queries").iterdir())
+    for broken in queries[:3]:
+        broken.write_bytes(b"not an image")
+    dm = VPRDataModule(root=str(root), image_size=(32, 64), synthetic_preset=None, with_labels=False)
+    with pytest.raises(ImageReadError, match=r"test set: 3 unreadable image\(s\):\n  .*cannot decode") as err:
+        dm.setup("test")
+    assert all(q.name in str(err.value) for q in queries[:3])  # every bad file, in one short message
+    folders = {"predict_database": str(root / "images/test/database"), "predict_queries": str(root / "images/test/queries")}
+    with pytest.raises(ImageReadError, match="predict_skip_bad_images=true"):
+        VPRDataModule(root=str(root), synthetic_preset=None, **folders).setup("predict")
+    dm = VPRDataModule(root=str(root), synthetic_preset=None, predict_skip_bad_images=True, **folders)
+    with pytest.warns(UserWarning, match="predict leaves out 3 unreadable image"):
+        dm.setup("predict")
+    assert dm.predict_dataset.num_queries == len(queries) - 3

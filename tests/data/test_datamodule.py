@@ -136,3 +136,18 @@ def test_bad_arguments_raise_at_construction(tiny_world):
         VPRDataModule(root=str(tiny_world), batch_size=0)
     with pytest.raises(ValueError, match="grouping must be one of"):
         VPRDataModule(root=str(tiny_world), grouping="ade")
+
+
+def test_a_limited_validation_still_holds_queries_and_database(tiny_world, tmp_path):
+    import pytorch_lightning as pl
+
+    from structvpr.tasks import StructVPRStudent
+
+    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), eval_batch_size=8, synthetic_preset=None,
+                       with_labels=False)  # fmt: skip
+    trainer = pl.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         default_root_dir=str(tmp_path))  # fmt: skip
+    result = trainer.validate(StructVPRStudent(), datamodule=dm)[0]
+    # 16 of the 32 val images: database and queries in proportion, so R@1 is a number, not nan
+    assert result["val/num_queries"] + result["val/num_excluded"] == 6
+    assert result["val/R@1"] == result["val/R@1"]  # not nan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -13,12 +14,33 @@ from torch.utils.data import DataLoader
 
 from structvpr.data import synthetic
 from structvpr.data.benchmarks import TRAINING_SPLITS, VALIDATION_SPLITS, load_benchmark
-from structvpr.data.datasets import EncodingView, FolderDataset, ImageDataset, TripletDataset, joint_transform
+from structvpr.data.datasets import (
+    EncodingView,
+    FolderDataset,
+    ImageDataset,
+    ImageReadError,
+    TripletDataset,
+    bad_images_message,
+    joint_transform,
+    unreadable_images,
+)
 from structvpr.data.formats import SplitManifest
 from structvpr.data.labels import ClassGrouping, cityscapes_grouping
 from structvpr.data.vg import ImageRecord, read_split
 
 GROUPINGS = {"cityscapes": cityscapes_grouping}
+
+
+def interleaved_order(dataset: ImageDataset) -> list[int]:
+    """Dataset indices with database and query items interleaved by their relative position.
+
+    Any prefix of this order holds database images and queries in the proportion of the
+    whole set, so a validation limited to its first batches still searches queries against a
+    database (a subsample of both).
+    """
+    n_db, n_q = dataset.num_database, dataset.num_queries
+    keys = np.concatenate([(np.arange(n_db) + 0.5) / max(n_db, 1), (np.arange(n_q) + 0.5) / max(n_q, 1)])
+    return np.argsort(keys, kind="stable").tolist()
 
 
 class VPRDataModule(pl.LightningDataModule):
@@ -69,6 +91,9 @@ class VPRDataModule(pl.LightningDataModule):
         predict_queries: Folder, or list of folders, of query images for ``predict``.
         predict_keep_panoramas: Keep images that an MSLS folder's ``raw.csv`` marks as panoramas
             (the official evaluation drops them, and so does ``predict`` by default, with a warning).
+        predict_skip_bad_images: ``predict`` leaves out images whose header does not decode and
+            lists them (default: stop with the list). ``test`` and ``validate`` always stop:
+            a protocol's numbers need every image.
         cache_images: Decode every image once and keep it in memory (small datasets only).
         val_split: Split folder used for validation.
         test_split: Split folder used by ``test`` (``val`` to tune settings without touching test).
@@ -92,7 +117,7 @@ class VPRDataModule(pl.LightningDataModule):
                  synthetic_preset: str | None = "demo", synthetic_seed: int = 0,
                  synthetic_label_noise: float | None = None, seed: int = 0,
                  predict_database: str | list[str] | None = None, predict_queries: str | list[str] | None = None,
-                 predict_keep_panoramas: bool = False,
+                 predict_keep_panoramas: bool = False, predict_skip_bad_images: bool = False,
                  cache_images: bool = False, val_split: str = "val", test_split: str = "test",
                  test_benchmark: str | None = None, train_benchmark: str | None = None,
                  val_benchmark: str | None = None,
@@ -177,10 +202,16 @@ class VPRDataModule(pl.LightningDataModule):
 
     def _eval_set(self, stage: str, benchmark: str | None, split: str) -> ImageDataset:
         if benchmark is None:
-            return self._images(split)
-        manifest = self._named(benchmark)
-        self.protocols[stage] = manifest
-        return self._dataset(manifest.database, manifest.queries)
+            dataset = self._images(split)
+        else:
+            manifest = self._named(benchmark)
+            self.protocols[stage] = manifest
+            dataset = self._dataset(manifest.database, manifest.queries)
+        if dataset._cache is None:  # decoded already when cached
+            bad = unreadable_images([r.path for r in dataset.records])
+            if bad:
+                raise ImageReadError(f"{stage} set: {bad_images_message(bad)}")
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         """Read the splits the stage needs."""
@@ -203,8 +234,19 @@ class VPRDataModule(pl.LightningDataModule):
         if stage == "predict" and self.predict_dataset is None:
             if hp.predict_database is not None:
                 transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
-                self.predict_dataset = FolderDataset.from_folders(hp.predict_database, hp.predict_queries, transform,
-                                                                  keep_panoramas=hp.predict_keep_panoramas)  # fmt: skip
+                folders = FolderDataset.from_folders(hp.predict_database, hp.predict_queries, transform,
+                                                     keep_panoramas=hp.predict_keep_panoramas)  # fmt: skip
+                bad = unreadable_images(folders.paths)
+                if bad and not hp.predict_skip_bad_images:
+                    raise ImageReadError(f"predict: {bad_images_message(bad)}\n(set data.init_args."
+                                         "predict_skip_bad_images=true to leave them out)")  # fmt: skip
+                if bad:
+                    warnings.warn(f"predict leaves out {bad_images_message(bad, shown=len(bad))}", stacklevel=2)
+                    skip = {path for path, _ in bad}
+                    keep_db = [p for p in folders.paths[: folders.num_database] if str(p) not in skip]
+                    keep_q = [p for p in folders.paths[folders.num_database :] if str(p) not in skip]
+                    folders = FolderDataset(keep_db, keep_q, transform)
+                self.predict_dataset = folders
             else:
                 self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
 
@@ -217,13 +259,26 @@ class VPRDataModule(pl.LightningDataModule):
         assert self.train_dataset is not None, "call setup('fit') first"
         return self._loader(self.train_dataset, self.hp.batch_size, shuffle=True)
 
+    def _eval_loader(self, dataset: ImageDataset, limit: Any) -> DataLoader[Any]:
+        if limit is None or limit == 1.0:
+            return self._loader(dataset, self.hp.eval_batch_size, shuffle=False)
+        # A limited run takes the first batches: interleave database and queries so that those
+        # batches hold both in proportion (listed database first, they would hold no query).
+        workers = self.hp.num_workers
+        return DataLoader(dataset, batch_size=self.hp.eval_batch_size, sampler=interleaved_order(dataset),
+                          num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+
+    def _limit(self, name: str) -> Any:
+        trainer = getattr(self, "trainer", None)
+        return getattr(trainer, name, None) if trainer is not None else None
+
     def val_dataloader(self) -> DataLoader[Any]:
         assert self.val_dataset is not None, "call setup('fit') or setup('validate') first"
-        return self._loader(self.val_dataset, self.hp.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.val_dataset, self._limit("limit_val_batches"))
 
     def test_dataloader(self) -> DataLoader[Any]:
         assert self.test_dataset is not None, "call setup('test') first"
-        return self._loader(self.test_dataset, self.hp.eval_batch_size, shuffle=False)
+        return self._eval_loader(self.test_dataset, self._limit("limit_test_batches"))
 
     def predict_dataloader(self) -> DataLoader[Any]:
         assert self.predict_dataset is not None, "call setup('predict') first"
