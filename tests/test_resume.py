@@ -60,3 +60,49 @@ def test_two_runs_of_one_config_keep_both_results(repo_root, tiny_world, tmp_pat
         assert (run / "test_results.json").is_file() and (run / "config.yaml").is_file()
     assert "seed_everything: 1" in (tmp_path / "version_1/config.yaml").read_text()
     assert "seed_everything: 0" in (tmp_path / "version_0/config.yaml").read_text()
+
+
+def _final(folder):
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    best = next(v["best_model_score"] for k, v in ckpt["callbacks"].items() if "val/R@1" in k)
+    return ckpt["state_dict"], float(best), ckpt["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["teacher", "distill"])
+def test_kill_9_mid_epoch_then_resume_equals_the_uninterrupted_run(stage, trained, tiny_world, tmp_path, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
+    base = [sys.executable, "-m", "structvpr", "fit", "--config", str(repo_root / f"lightning_configs/synthetic/{stage}.yaml"),
+            f"--data.init_args.root={tiny_world}", "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--trainer.max_epochs=3",
+            "--trainer.logger=false", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    if stage == "distill":
+        base += [f"--model.init_args.teacher_ckpt={trained['teacher']}", f"--model.init_args.student_ckpt={trained['baseline']}"]
+
+    def run(folder, *extra):
+        return subprocess.run([*base, f"--trainer.default_root_dir={folder}", *extra], capture_output=True, text=True,
+                              env=env, cwd=repo_root, timeout=600)  # fmt: skip
+
+    whole = run(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run(tmp_path / "killed", "--trainer.callbacks+=tests.tasks.helpers.KillAt", "--trainer.callbacks.epoch=1",
+                 "--trainer.callbacks.batch=2")  # fmt: skip
+    assert killed.returncode == -9  # killed mid-epoch 1: last.ckpt holds the end of epoch 0
+    resumed = run(tmp_path / "killed", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (w_whole, best_whole, s_whole), (w_res, best_res, s_res) = _final(tmp_path / "whole"), _final(tmp_path / "killed")
+    assert s_whole == s_res and best_res == best_whole  # same steps; best-score tracking carried over
+    for key, value in w_whole.items():
+        torch.testing.assert_close(w_res[key], value, rtol=0, atol=1e-6, msg=key)
+    # the final weights of both runs validate to the same val/R@1
+    recalls = []
+    for folder in ("whole", "killed"):
+        args = base[4:]  # the config and data arguments, after "fit"
+        cli = cli_main(["validate", *args, f"--trainer.default_root_dir={tmp_path / folder / 'val'}",
+                        f"--ckpt_path={tmp_path / folder / 'checkpoints' / 'last.ckpt'}"])  # fmt: skip
+        recalls.append(float(cli.trainer.callback_metrics["val/R@1"]))
+    assert recalls[0] == recalls[1]

@@ -55,3 +55,17 @@ class RecordSubepoch(pl.Callback):
                   "encoded": pl_module.images_encoded, "bank": len(trainer.datamodule.train_images)}
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         torch.save(record, Path(self.out_dir) / f"subepoch_rank{trainer.global_rank}.pt")
+
+
+class KillAt(pl.Callback):
+    """Kills its own process with SIGKILL (no clean-up, as ``kill -9``) at a batch of an epoch."""
+
+    def __init__(self, epoch: int = 1, batch: int = 1) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -19,6 +19,7 @@ from structvpr.data.datasets import (
     FolderDataset,
     ImageDataset,
     ImageReadError,
+    SubEpochSampler,
     TripletDataset,
     bad_images_message,
     joint_transform,
@@ -257,7 +258,11 @@ class VPRDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[Any]:
         assert self.train_dataset is not None, "call setup('fit') first"
-        return self._loader(self.train_dataset, self.hp.batch_size, shuffle=True)
+        workers = self.hp.num_workers
+        # Shuffled per sub-epoch by (seed, sub-epoch) and augmented per item by (seed, sub-epoch,
+        # row): training resumed at a sub-epoch boundary repeats the uninterrupted run exactly.
+        return DataLoader(self.train_dataset, batch_size=self.hp.batch_size, sampler=SubEpochSampler(self.train_dataset),
+                          num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
 
     def _eval_loader(self, dataset: ImageDataset, limit: Any) -> DataLoader[Any]:
         if limit is None or limit == 1.0:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import query_size
@@ -299,6 +299,21 @@ class FolderDataset(Dataset[dict[str, Any]]):
                 "is_query": i >= self.num_database}  # fmt: skip
 
 
+class SubEpochSampler(Sampler[int]):
+    """A shuffle of a :class:`TripletDataset`'s rows seeded by (seed, sub-epoch): the same order
+    whenever the sub-epoch is trained, so a run resumed at a sub-epoch boundary repeats it."""  # noqa: D205
+
+    def __init__(self, dataset: TripletDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.dataset.item_seed())
+        return iter(torch.randperm(len(self.dataset), generator=gen).tolist())
+
+
 def msls_panoramas(folder: Path) -> set[str]:
     """Keys that the ``raw.csv`` beside an MSLS ``images`` folder marks as panoramas (empty elsewhere)."""
     raw = folder.parent / "raw.csv"
@@ -379,6 +394,8 @@ class TripletDataset(Dataset[dict[str, Any]]):
         self.subepoch, self.mined = -1, False
         #: Database ids encoded for the current sub-epoch (its queries' positives and the mining pool).
         self.subepoch_database = np.zeros(0, dtype=np.int64)
+        # The sub-epoch index where DataLoader workers see it: it seeds each item's augmentation.
+        self._shared_subepoch = torch.zeros(1, dtype=torch.long).share_memory_()
         self._permutations: dict[int, np.ndarray] = {}
         self.random_subepoch(0)
 
@@ -459,6 +476,7 @@ class TripletDataset(Dataset[dict[str, Any]]):
                 raise ValueError(f"a negative of training query {q} lies within the negative radius")
         table = torch.from_numpy(np.concatenate([queries[:, None], positives[:, None], negatives], 1))
         self.tuples.copy_(table)  # in place: workers share this storage
+        self._shared_subepoch.fill_(k)
         self.subepoch, self.mined = k, mined
         if database is None:
             database = np.unique(np.concatenate([*(self.positives[q] for q in queries), negatives.ravel()]))
@@ -471,11 +489,22 @@ class TripletDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return self.cache_queries
 
+    def item_seed(self, i: int | None = None) -> int:
+        """Seed of row ``i``'s random augmentation in the current sub-epoch (a function of seed, sub-epoch,
+        row); of the sub-epoch's shuffle with ``i=None``."""  # noqa: D205
+        k = int(self._shared_subepoch[0])
+        entropy = [self.seed, k, 0 if i is None else i + 1]
+        return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.tuples[i].tolist()
         query = row[0]
         ids = [int(self.query_image_index(query)), *row[1:]]
-        loaded = [self.bank.load(j) for j in ids]
+        # Each item's crops and jitter depend on (seed, sub-epoch, row) only, not on which process
+        # or worker loads it: a run resumed from a checkpoint sees the same views.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.item_seed(i))
+            loaded = [self.bank.load(j) for j in ids]
         item: dict[str, Any] = {
             "image": torch.stack([im.as_subclass(torch.Tensor) for im, _ in loaded]),
             "index": query,
