@@ -83,3 +83,13 @@ def test_paper_configs_parse(stage, repo_root, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "vgg16" in out.stdout and "netvlad" in out.stdout
     assert "pca_dim: 4096" in out.stdout and "FitPCAWhitening" in out.stdout
+
+
+def test_bad_config_keys_get_a_short_message_naming_the_config(tmp_path, repo_root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((repo_root / "lightning_configs/synthetic/teacher.yaml").read_text().replace("    lr: 0.001", "    lrr: 0.001"))
+    out = subprocess.run([sys.executable, "-m", "structvpr", "fit", "--config", str(bad), "--print_config"],
+                         capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2
+    assert f"structvpr fit: bad configuration in {bad}" in out.stderr and "Option 'lrr' is not accepted" in out.stderr
+    assert "usage:" not in out.stderr and len(out.stderr.splitlines()) < 12

@@ -18,6 +18,7 @@ EXTRA_COMMANDS = """structvpr also has:
 """
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: Init arguments that fix a model's architecture: a checkpoint must agree with the config on them.
 ARCHITECTURE_KEYS = ("trunk", "aggregator", "num_clusters", "pca_dim", "num_groups")
 
@@ -127,12 +128,26 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> Any:
         return cli(
             VPRTask, VPRDataModule, subclass_mode_model=True, subclass_mode_data=True,
             seed_everything_default=0, save_config_callback=cli.save_config_class,
+            # errors raise (main() prints them short, naming the config) instead of a 45-line usage block
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in SUBCOMMANDS}},
             args=list(args) if args is not None else None, run=run,
         )  # fmt: skip
     except BaseException:
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
             sys.modules["wandb"].finish(exit_code=1)  # a failed fit closes its logger run
         raise
+
+
+def config_error_message(err: BaseException, args: Sequence[str]) -> str:
+    """A short message for a bad config key or value, naming the config files given."""
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    lines = [line for line in str(err).splitlines()
+             if "NoneType" not in line and not line.strip().startswith(("Given value", "Subtypes:"))]  # fmt: skip
+    where = ", ".join(configs) if configs else "the command line"
+    sub = next((a for a in args if a in SUBCOMMANDS), "")
+    return (f"structvpr {sub}: bad configuration in {where} (or its command-line overrides):\n"
+            + "\n".join(lines) + f"\n(`structvpr {sub} --help` lists every option)")  # fmt: skip
 
 
 def synth_main(args: Sequence[str]) -> None:
@@ -194,4 +209,8 @@ def main(args: Sequence[str] | None = None) -> None:
     else:
         if not argv or argv[0] in ("-h", "--help"):
             print(EXTRA_COMMANDS)
-        cli_main(argv if args is not None else None)
+        try:
+            cli_main(argv if args is not None else None)
+        except argparse.ArgumentError as err:
+            sys.stderr.write(config_error_message(err, argv) + "\n")
+            raise SystemExit(2) from None
