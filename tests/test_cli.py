@@ -87,7 +87,8 @@ def test_paper_configs_parse(stage, repo_root, tmp_path):
 
 def test_bad_config_keys_get_a_short_message_naming_the_config(tmp_path, repo_root):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((repo_root / "lightning_configs/synthetic/teacher.yaml").read_text().replace("    lr: 0.001", "    lrr: 0.001"))
+    config = (repo_root / "lightning_configs/synthetic/teacher.yaml").read_text()
+    bad.write_text(config.replace("    lr: 0.001", "    lrr: 0.001"))
     out = subprocess.run([sys.executable, "-m", "structvpr", "fit", "--config", str(bad), "--print_config"],
                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 2
