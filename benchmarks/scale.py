@@ -67,13 +67,15 @@ class _Bank:
 
 
 class _StandIn:
-    """A task whose encoders return a fixed random descriptor per image id (normalised)."""
+    """A task satisfying structvpr.protocols.DistillationTask whose encoders return a fixed random
+    descriptor per image id (normalised)."""  # noqa: D205
 
-    def __init__(self) -> None:
+    def __init__(self, num_queries: int) -> None:
         self.hparams = {"search_backend": "torch"}
         self.device = torch.device("cpu")
+        self.encode_dtype = torch.float32
         self.images_encoded = 0
-        self.sample_weights: torch.Tensor | None = None
+        self.sample_weights = torch.ones(num_queries)
         self._memo: dict[int, tuple[bytes, torch.Tensor]] = {}
 
     def _encode(self, ids: np.ndarray, salt: int) -> torch.Tensor:
@@ -91,11 +93,27 @@ class _StandIn:
     def training_descriptors(self, ids: np.ndarray) -> torch.Tensor:
         return self._encode(ids, 0)
 
+    def encode_images(self, ids: np.ndarray) -> torch.Tensor:
+        return self._encode(ids, 0)
+
     def teacher_descriptors(self, ids: np.ndarray) -> torch.Tensor:
         return self._encode(ids, 7)
 
-    def set_sample_weights(self, weights: torch.Tensor) -> None:
-        self.sample_weights = weights
+    def teacher_rank_descriptors(self, ids: np.ndarray) -> torch.Tensor:
+        return self._encode(ids, 7)
+
+    def set_sample_weights(self, indices: torch.Tensor, weights: torch.Tensor) -> None:
+        self.sample_weights[indices] = weights
+
+
+class _Data:
+    """A datamodule satisfying structvpr.protocols.TrainingData (no images: encoding is stood in)."""
+
+    def __init__(self, tuples: Any) -> None:
+        self.training_tuples = tuples
+
+    def train_images_dataloader(self, ids: Any = None, key: str = "image") -> list[dict[str, Any]]:
+        raise NotImplementedError("the stand-in task never asks for images")
 
 
 def run_one(size: int, subepochs: int) -> dict[str, Any]:
@@ -109,16 +127,18 @@ def run_one(size: int, subepochs: int) -> dict[str, Any]:
     dataset = TripletDataset(bank, num_negatives=10, pos_radius=10.0, neg_radius=25.0, cache_queries=1000)  # type: ignore[arg-type]
     tables_s = time.perf_counter() - start
     tables_mib = _rss_mib() - rss0
-    task = _StandIn()
-    trainer: Any = SimpleNamespace(datamodule=SimpleNamespace(train_dataset=dataset), loggers=[], global_step=0,
-                                   strategy=SimpleNamespace(broadcast=lambda x, src=0: x), current_epoch=0)
+    task = _StandIn(dataset.num_training_queries)
     miner, weighting = HardNegativeMining(cache_negatives=1000), SampleWeighting(ranks="subepoch")
+    trainer: Any = SimpleNamespace(datamodule=_Data(dataset), loggers=[], global_step=0, callbacks=[miner, weighting],
+                                   strategy=SimpleNamespace(broadcast=lambda x, src=0: x), current_epoch=0)
+    miner.setup(trainer, task, "fit")  # type: ignore[arg-type]
+    weighting.setup(trainer, task, "fit")  # type: ignore[arg-type]
     times, peaks, encoded = [], [], []
     for k in range(1, subepochs + 1):
         trainer.current_epoch = k
         before = task.images_encoded
         t0 = time.perf_counter()
-        miner.mine(trainer, task, k)  # type: ignore[arg-type]
+        miner.mine(trainer, k)
         weighting.on_train_epoch_start(trainer, task)  # type: ignore[arg-type]
         times.append(time.perf_counter() - t0)
         peaks.append(_peak_mib())

@@ -68,10 +68,11 @@ def test_weights_and_callback_state_survive_checkpoint_and_resume(trained, tiny_
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     _trainer(tmp_path, epochs=2, callbacks=[HardNegativeMining(), weighting, ckpt_cb]).fit(model, datamodule=_dm(tiny_world))
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("SampleWeighting"))
-    assert torch.equal(state["weights"], weighting.weights)
-    assert torch.equal(saved["state_dict"]["sample_weights"], weighting.weights)
+    assert "weights" not in state  # one owner: the task's buffer, saved with its state dict
+    assert torch.equal(saved["state_dict"]["sample_weights"], model.sample_weights)
+    assert (model.sample_weights != 1).any() and state["subepoch"] == 1
     mining_state = next(v for k, v in saved["callbacks"].items() if k.startswith("HardNegativeMining"))
     assert mining_state["refreshes"] == 2
 
@@ -81,7 +82,7 @@ def test_weights_and_callback_state_survive_checkpoint_and_resume(trained, tiny_
     dm = _dm(tiny_world)
     _trainer(tmp_path, epochs=3, callbacks=[HardNegativeMining(), resumed_weighting, recorder]).fit(
         resumed, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert torch.equal(recorder.at_train_start, state["weights"])
+    assert torch.equal(recorder.at_train_start, saved["state_dict"]["sample_weights"])
     assert torch.equal(resumed_weighting.teacher_ranks, state["teacher_ranks"])
     assert len(recorder.per_epoch) == 1  # only epoch 2 ran
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+
+from structvpr.protocols import ExportsStudent
 
 
 class ExportStudent(pl.Callback):
@@ -25,8 +26,8 @@ class ExportStudent(pl.Callback):
         self.path: Path | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not hasattr(pl_module, "export_student"):
-            raise TypeError(f"ExportStudent needs a student task, got {type(pl_module).__name__}")
+        if not isinstance(pl_module, ExportsStudent):
+            raise TypeError(f"ExportStudent needs a student task (export_student), got {type(pl_module).__name__}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
@@ -37,6 +38,7 @@ class ExportStudent(pl.Callback):
             current = {k: v.clone() for k, v in pl_module.state_dict().items()}
             pl_module.load_state_dict(state)
         if trainer.is_global_zero:
-            self.path = cast(Any, pl_module).export_student(folder / self.filename)
+            assert isinstance(pl_module, ExportsStudent)
+            self.path = Path(pl_module.export_student(folder / self.filename))
         if best:
             pl_module.load_state_dict(current)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from structvpr.callbacks._access import datamodule_of
+from structvpr.protocols import DescriptorTask, TrainingData, TupleTable, datamodule_of
 from structvpr.retrieval.search import Backend, knn
 
 
@@ -69,46 +69,55 @@ class HardNegativeMining(pl.Callback):
         self._restored: dict[str, Any] | None = None
         self._batches = 0
         self._trainer: pl.Trainer | None = None
+        self._data: TrainingData | None = None
+        self._task: DescriptorTask | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not hasattr(pl_module, "training_descriptors"):
-            raise TypeError(f"HardNegativeMining needs a task with training_descriptors(), got {type(pl_module).__name__}")
-        dataset = getattr(datamodule_of(trainer), "train_dataset", None)
-        if dataset is None or not hasattr(dataset, "set_tuples"):
-            raise TypeError("HardNegativeMining needs a datamodule whose train_dataset has set_tuples()")
-        self._trainer = trainer
-        cast(Any, pl_module).encode_dtype = getattr(torch, self.descriptor_dtype)
+        data = datamodule_of(trainer)
+        if not isinstance(data, TrainingData):
+            raise TypeError(f"HardNegativeMining needs a datamodule satisfying structvpr.protocols.TrainingData "
+                            f"(training_tuples, train_images_dataloader), got {type(data).__name__}")  # fmt: skip
+        if not isinstance(pl_module, DescriptorTask):
+            raise TypeError(f"HardNegativeMining needs a task satisfying structvpr.protocols.DescriptorTask "
+                            f"(training_descriptors, encode_images), got {type(pl_module).__name__}")  # fmt: skip
+        self._data, self._task, self._trainer = data, pl_module, trainer
+        pl_module.encode_dtype = getattr(torch, self.descriptor_dtype)
+
+    @property
+    def _tuples(self) -> TupleTable:
+        assert self._data is not None, "HardNegativeMining.setup has not run"
+        return self._data.training_tuples
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = datamodule_of(trainer).train_dataset
+        dataset = self._tuples
         saved, self._restored = self._restored, None
         if saved is None:  # a new run
-            self.mine(trainer, pl_module, 0)
+            self.mine(trainer, 0)
         elif not saved["finished"]:  # resumed inside a sub-epoch: finish it on its own tuples
             table = saved["tuples"]
             dataset.set_tuples(saved["subepoch"], table[:, 0].numpy(), table[:, 1].numpy(), table[:, 2:].numpy(),
                                database=saved["database"].numpy())  # fmt: skip
             self._batches = saved["batches"]
         else:  # resumed at a sub-epoch's end: the next one, mined with the restored weights
-            self.mine(trainer, pl_module, saved["subepoch"] + 1)
+            self.mine(trainer, saved["subepoch"] + 1)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = datamodule_of(trainer).train_dataset
+        dataset = self._tuples
         if trainer.current_epoch > 0 and not (dataset.subepoch == trainer.current_epoch and dataset.mined):
-            self.mine(trainer, pl_module, trainer.current_epoch)
+            self.mine(trainer, trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         self._batches += 1
 
-    def mine(self, trainer: pl.Trainer, pl_module: pl.LightningModule, k: int) -> None:
+    def mine(self, trainer: pl.Trainer, k: int) -> None:
         """Mine and install the tuples of sub-epoch ``k``."""
-        task: Any = pl_module
-        dataset = datamodule_of(trainer).train_dataset
+        assert self._task is not None, "HardNegativeMining.setup has not run"
+        dataset = self._tuples
         queries = dataset.subepoch_queries(k)
-        n_db = dataset.bank.num_database
+        n_db = dataset.num_database
         rng = np.random.default_rng([self.seed, k])
         if self.cache_negatives is None or self.cache_negatives >= n_db:
             pool = np.arange(n_db)
@@ -117,13 +126,13 @@ class HardNegativeMining(pl.Callback):
         gps_positives = [dataset.positives[q] for q in queries]
         database = np.union1d(np.concatenate(gps_positives), pool)
         # One request, one encoding pass: database ids < query ids, so rows stay in this order.
-        desc = task.training_descriptors(np.concatenate([database, dataset.query_image_index(queries)]))
+        desc = self._task.training_descriptors(np.concatenate([database, dataset.query_image_index(queries)]))
         db_desc, q_desc = desc[: len(database)], desc[len(database) :]
         if self.positive == "nearest":
-            positives = nearest_positive(q_desc, db_desc, database, gps_positives)
+            positives = nearest_positive(q_desc, db_desc, database, list(gps_positives))
         else:
             positives = np.array([rng.choice(p) for p in gps_positives], dtype=np.int64)
-        backend: Backend = self.search_backend or task.hparams.get("search_backend", "auto")
+        backend: Backend = self.search_backend or getattr(self._task, "hparams", {}).get("search_backend", "auto")
         pool_rows = np.searchsorted(database, pool)
         negatives = mine_hardest(q_desc, db_desc[torch.from_numpy(pool_rows).to(db_desc.device)], pool,
                                  [dataset.non_negatives[q] for q in queries], dataset.num_negatives,
@@ -147,10 +156,9 @@ class HardNegativeMining(pl.Callback):
                                 "mining/random_filled_queries": float(len(short))}, step=trainer.global_step)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        dataset = None if self._trainer is None else getattr(datamodule_of(self._trainer), "train_dataset", None)
-        if dataset is None or dataset.subepoch < 0:
+        if self._data is None or self._trainer is None or self._tuples.subepoch < 0:
             return {"refreshes": self.refreshes}
-        assert self._trainer is not None
+        dataset = self._tuples
         return {"refreshes": self.refreshes, "subepoch": dataset.subepoch, "tuples": dataset.tuples.clone(),
                 "database": torch.from_numpy(dataset.subepoch_database.copy()), "batches": self._batches,
                 "finished": self._batches >= self._trainer.num_training_batches}  # fmt: skip

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import numpy as np
 import pytorch_lightning as pl
 
-from structvpr.callbacks._access import datamodule_of
+from structvpr.models.pca import PCAWhitening
+from structvpr.protocols import DescriptorTask, TrainingData, datamodule_of
 
 
 class FitPCAWhitening(pl.Callback):
@@ -32,24 +31,33 @@ class FitPCAWhitening(pl.Callback):
             raise ValueError(f"num_images must be >= 2, got {num_images}")
         self.num_images, self.seed = num_images, seed
         self.fits = 0
+        self._pca: PCAWhitening | None = None
+        self._task: DescriptorTask | None = None
+        self._data: TrainingData | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and getattr(getattr(pl_module, "encoder", None), "pca", None) is None:
+        if stage != "fit":
+            return
+        pca = getattr(getattr(pl_module, "encoder", None), "pca", None)
+        if not isinstance(pca, PCAWhitening):
             raise ValueError("FitPCAWhitening needs a model with PCA-whitening: set model.init_args.pca_dim")
+        data = datamodule_of(trainer)
+        if not isinstance(pl_module, DescriptorTask) or not isinstance(data, TrainingData):
+            raise TypeError("FitPCAWhitening needs a task satisfying structvpr.protocols.DescriptorTask and a "
+                            "datamodule satisfying structvpr.protocols.TrainingData")  # fmt: skip
+        self._pca, self._task, self._data = pca, pl_module, data
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        task: Any = pl_module
-        dm = datamodule_of(trainer)
-        n_db = dm.train_images.num_database
-        pca = task.encoder.pca
+        assert self._pca is not None and self._task is not None and self._data is not None
+        pca, n_db = self._pca, self._data.training_tuples.num_database
         count = min(n_db, self.num_images)
         if count <= pca.out_dim:
             raise ValueError(f"PCA-whitening to {pca.out_dim} dimensions needs more than {pca.out_dim} training "
                              f"database images; {count} are sampled (num_images={self.num_images}, database {n_db})")  # fmt: skip
         ids = np.sort(np.random.default_rng(self.seed).choice(n_db, count, replace=False))
-        pca.fit(task.encode_images(ids).to(pca.mean.device))
+        pca.fit(self._task.encode_images(ids).to(pca.mean.device))
         for buffer in (pca.mean, pca.projection, pca.fitted):
-            buffer.copy_(cast(Any, trainer.strategy.broadcast(buffer, src=0)))
+            buffer.copy_(trainer.strategy.broadcast(buffer, src=0))
         self.fits += 1

@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from structvpr.callbacks._access import datamodule_of
 from structvpr.data.datasets import load_rgb
 from structvpr.metrics.recall import first_positive_rank, hit_matrix
+from structvpr.protocols import datamodule_of
 from structvpr.retrieval.search import knn
 from structvpr.utils.runs import run_folder
 

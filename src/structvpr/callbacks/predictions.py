@@ -8,7 +8,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from structvpr.callbacks._access import datamodule_of
+from structvpr.protocols import datamodule_of
 from structvpr.retrieval.search import knn
 from structvpr.utils.runs import run_folder
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from structvpr.callbacks._access import datamodule_of
 from structvpr.metrics.recall import first_positive_rank
+from structvpr.protocols import DistillationTask, TrainingData, TupleTable, datamodule_of
 from structvpr.retrieval.search import Backend
 from structvpr.utils.memory import check_memory
 
@@ -72,7 +72,9 @@ class SampleWeighting(pl.Callback):
 
     Weights are computed identically on every process and broadcast from rank 0. Group
     sizes, mean weight per group and a histogram of the sub-epoch are logged, with
-    ``weighting/global_ranks`` saying which rank set ran.
+    ``weighting/global_ranks`` saying which rank set ran. The weights live in the task
+    (``sample_weights``, saved with its state dict); this callback computes them and keeps the
+    ranks.
 
     Args:
         tau: Teacher rank above which a query is noisy (weight 0).
@@ -101,52 +103,55 @@ class SampleWeighting(pl.Callback):
             raise ValueError(f"radius must be > 0, got {radius}")
         self.tau, self.alpha, self.max_rank, self.ranks, self.radius = tau, alpha, max_rank, ranks, radius
         self.uniform, self.normalize = uniform, normalize
+        #: Ranks of every training query when it was last weighted (logging and state).
         self.teacher_ranks: torch.Tensor | None = None
         self.student_ranks: torch.Tensor | None = None
-        self.weights: torch.Tensor | None = None
         self.subepoch = -1
         self.last_stats: dict[str, float] = {}
         self._global_teacher_ranks: torch.Tensor | None = None
+        self._data: TrainingData | None = None
+        self._task: DistillationTask | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for needed in ("set_sample_weights", "teacher_descriptors", "training_descriptors"):
-            if not hasattr(pl_module, needed):
-                raise TypeError(f"SampleWeighting needs a distillation task with {needed}(), got {type(pl_module).__name__}")
+        data = datamodule_of(trainer)
+        if not isinstance(pl_module, DistillationTask):
+            raise TypeError(f"SampleWeighting needs a task satisfying structvpr.protocols.DistillationTask "
+                            f"(teacher_descriptors, set_sample_weights, ...), got {type(pl_module).__name__}")  # fmt: skip
+        if not isinstance(data, TrainingData):
+            raise TypeError(f"SampleWeighting needs a datamodule satisfying structvpr.protocols.TrainingData, "
+                            f"got {type(data).__name__}")  # fmt: skip
         from structvpr.callbacks.mining import HardNegativeMining
 
-        names = [type(c).__name__ for c in trainer.callbacks]  # type: ignore[attr-defined]
-        miners = [i for i, c in enumerate(trainer.callbacks) if isinstance(c, HardNegativeMining)]  # type: ignore[attr-defined]
-        if not miners or miners[0] > names.index(type(self).__name__):
+        callbacks = list(getattr(trainer, "callbacks", []))
+        names = [type(c).__name__ for c in callbacks]
+        miners = [i for i, c in enumerate(callbacks) if isinstance(c, HardNegativeMining)]
+        if not miners or miners[0] > callbacks.index(self):
             raise ValueError("SampleWeighting ranks each sub-epoch's mined set: put HardNegativeMining before it "
                              f"in trainer.callbacks (now: {names})")  # fmt: skip
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.weights is not None:  # resume: the saved sub-epoch's weights
-            cast(Any, pl_module).set_sample_weights(self.weights)
+        self._data, self._task = data, pl_module
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = datamodule_of(trainer).train_dataset
+        assert self._data is not None and self._task is not None, "SampleWeighting.setup has not run"
+        task, dataset = self._task, self._data.training_tuples
         if dataset.subepoch == self.subepoch:
-            return  # resumed inside this sub-epoch: its weights are restored
-        task: Any = pl_module
+            return  # resumed inside this sub-epoch: the task's weights came back with its state dict
         n = dataset.num_training_queries
-        if self.weights is None or len(self.weights) != n:
+        if self.teacher_ranks is None or len(self.teacher_ranks) != n:
             self.teacher_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
             self.student_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
-            self.weights = torch.ones(n)
-        assert self.teacher_ranks is not None and self.student_ranks is not None
+        assert self.student_ranks is not None
         queries = dataset.tuples[:, 0].numpy()
         q_ids = dataset.query_image_index(queries)
-        backend: Backend = task.hparams.get("search_backend", "auto")
+        backend: Backend = getattr(task, "hparams", {}).get("search_backend", "auto")
         if self.ranks == "subepoch":
             database = dataset.subepoch_database
             r_t = self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend)
         else:
-            database = np.arange(dataset.bank.num_database)
+            database = np.arange(dataset.num_database)
             if self._global_teacher_ranks is None:
-                self._global_teacher_ranks = self._global_teacher(task, dataset, backend)
+                self._global_teacher_ranks = self._global_teacher(task, dataset, backend, trainer)
             r_t = self._global_teacher_ranks[torch.from_numpy(queries)]
         r_s = self._ranks(task.training_descriptors, database, q_ids, dataset, backend)
         weights = sample_weights(r_t, r_s, self.tau, self.alpha)
@@ -156,39 +161,40 @@ class SampleWeighting(pl.Callback):
             weights = mean_one(weights)
         chosen = torch.from_numpy(queries)
         self.teacher_ranks[chosen], self.student_ranks[chosen] = r_t, r_s
-        self.weights[chosen] = weights
-        self.weights = trainer.strategy.broadcast(self.weights, src=0)
+        task.set_sample_weights(chosen, trainer.strategy.broadcast(weights, src=0))
         self.subepoch = dataset.subepoch
-        task.set_sample_weights(self.weights)
         self._log(trainer, chosen, len(database))
 
-    def _ranks(self, descriptors: Any, database: np.ndarray, q_ids: np.ndarray, dataset: Any,
+    def _ranks(self, descriptors: Any, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
                backend: Backend) -> torch.Tensor:  # fmt: skip
         """Ranks of the queries ``q_ids`` over ``database`` (bank ids); ``descriptors(ids)`` encodes."""
         desc = descriptors(np.concatenate([database, q_ids]))  # one request, one pass
-        utm = dataset.bank.utm
+        utm = dataset.utm
         ranks, _ = first_positive_rank(desc[len(database) :], desc[: len(database)], self.max_rank,
                                        query_utm=utm[q_ids], database_utm=utm[database], radius=self.radius,
                                        backend=backend)  # fmt: skip
         return ranks.cpu()
 
-    def _global_teacher(self, task: Any, dataset: Any, backend: Backend) -> torch.Tensor:
+    def _global_teacher(self, task: DistillationTask, dataset: TupleTable, backend: Backend,
+                        trainer: pl.Trainer) -> torch.Tensor:  # fmt: skip
         """``r_T`` of every training query over the whole training database (once: the teacher is frozen)."""
-        n_db = dataset.bank.num_database
+        n_db = dataset.num_database
         q_ids = dataset.query_image_index(np.arange(dataset.num_training_queries))
         ids = np.concatenate([np.arange(n_db), q_ids])
-        check_memory(len(ids) * task.teacher.pooled_dim * 4, task.device, task.trainer,
+        dim = int(task.teacher_descriptors(ids[:1]).shape[1])
+        check_memory(len(ids) * dim * 4, torch.device(getattr(task, "device", "cpu")), trainer,
                      "teacher descriptors of every training image (SampleWeighting(ranks='global'))",
                      "use SampleWeighting(ranks='subepoch'), which ranks over each sub-epoch's encoded set")  # fmt: skip
-        desc = task.encode_images(ids, task.teacher, "label")
-        utm = dataset.bank.utm
+        desc = task.teacher_rank_descriptors(ids)
+        utm = dataset.utm
         ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank, query_utm=utm[q_ids],
                                        database_utm=utm[:n_db], radius=self.radius, backend=backend)  # fmt: skip
         return ranks.cpu()
 
     def _log(self, trainer: pl.Trainer, chosen: torch.Tensor, database_size: int) -> None:
-        assert self.teacher_ranks is not None and self.student_ranks is not None and self.weights is not None
-        r_t, r_s, w = self.teacher_ranks[chosen], self.student_ranks[chosen], self.weights[chosen]
+        assert self.teacher_ranks is not None and self.student_ranks is not None and self._task is not None
+        r_t, r_s = self.teacher_ranks[chosen], self.student_ranks[chosen]
+        w = self._task.sample_weights[chosen.to(self._task.sample_weights.device)].cpu()
         groups = partition(r_t, r_s, self.tau)
         stats: dict[str, float] = {}
         for g, name in enumerate(GROUP_NAMES):
@@ -204,13 +210,12 @@ class SampleWeighting(pl.Callback):
             _log_histogram(logger, "weighting/weights", w, trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher_ranks": self.teacher_ranks, "student_ranks": self.student_ranks, "weights": self.weights,
-                "subepoch": self.subepoch, "global_teacher_ranks": self._global_teacher_ranks}  # fmt: skip
+        return {"teacher_ranks": self.teacher_ranks, "student_ranks": self.student_ranks, "subepoch": self.subepoch,
+                "global_teacher_ranks": self._global_teacher_ranks}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.teacher_ranks = state_dict["teacher_ranks"]
         self.student_ranks = state_dict["student_ranks"]
-        self.weights = state_dict["weights"]
         self.subepoch = state_dict.get("subepoch", -1)
         self._global_teacher_ranks = state_dict.get("global_teacher_ranks")
 

@@ -168,6 +168,12 @@ class VPRDataModule(pl.LightningDataModule):
         return cast(AttributeDict, self.hparams)
 
     @property
+    def training_tuples(self) -> TripletDataset:
+        """The training tuples of the current sub-epoch (:class:`~structvpr.protocols.TrainingData`)."""
+        assert self.train_dataset is not None, "call setup('fit') first"
+        return self.train_dataset
+
+    @property
     def num_label_channels(self) -> int:
         """G, channels of the one-hot label maps."""
         return self.grouping.num_channels

@@ -404,6 +404,16 @@ class TripletDataset(Dataset[dict[str, Any]]):
         """Queries with a positive, which train (sub-epochs draw from them)."""
         return len(self.query_ids)
 
+    @property
+    def num_database(self) -> int:
+        """Database images of the bank (image ids ``0 .. num_database - 1``)."""
+        return self.bank.num_database
+
+    @property
+    def utm(self) -> torch.Tensor:
+        """``(N, 2)`` coordinates of the bank's images, database then queries."""
+        return self.bank.utm
+
     #: Above this many database images, random negatives are drawn by rejection instead of
     #: from the explicit allowed list, which costs O(database) per query: 76 s against 1.4 s
     #: for 20,000 x 10,000 (benchmarks/triplet_setup.py).

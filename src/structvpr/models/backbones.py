@@ -73,7 +73,8 @@ class TimmTrunk(Trunk):
         else:
             model = timm.create_model(name, features_only=True, out_indices=(-1,), pretrained=False, in_chans=in_chans)
             self.body = model
-            self.out_channels = int(cast(Any, model).feature_info.channels()[-1])
+            info: Any = model.feature_info  # timm's FeatureInfo (torch's stubs type module attributes loosely)
+            self.out_channels = int(info.channels()[-1])
             prefix = ""
         self.is_features_only = name != "vgg16"
         #: What loading ``pretrained_path`` matched (None without a file).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +46,10 @@ class PlaceEncoder(nn.Module):
         else:
             assert callable(aggregator)
             self.aggregator = aggregator(channels)
-            if not callable(getattr(self.aggregator, "output_dim", None)):
-                raise TypeError(f"{type(self.aggregator).__name__} needs an output_dim(channels) method")
-        self.pooled_dim = int(cast(Any, self.aggregator).output_dim(channels))
+        output_dim = getattr(self.aggregator, "output_dim", None)
+        if not callable(output_dim):
+            raise TypeError(f"{type(self.aggregator).__name__} needs an output_dim(channels) method")
+        self.pooled_dim = int(output_dim(channels))
         self.pca = PCAWhitening(self.pooled_dim, pca_dim) if pca_dim is not None else None
 
     @property

@@ -62,7 +62,8 @@ class VPRTask(pl.LightningModule):
         if search_backend not in BACKENDS:
             raise ValueError(f"search_backend must be one of {BACKENDS}, got {search_backend!r}")
         self.save_hyperparameters()
-        self.encoder = PlaceEncoder(in_chans, trunk, aggregator, num_clusters, pretrained_path, pca_dim)
+        self.encoder = PlaceEncoder(in_chans=in_chans, trunk=trunk, aggregator=aggregator, num_clusters=num_clusters,
+                                    pretrained_path=pretrained_path, pca_dim=pca_dim)
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         #: Per encoder: (weights version, sorted bank ids encoded, their descriptors).
@@ -96,7 +97,7 @@ class VPRTask(pl.LightningModule):
         return self.encoder.pooled(x.flatten(0, 1)).view(b, n, -1)
 
     @torch.no_grad()
-    def encode_loader(self, loader: Any, encoder: nn.Module | None = None, key: str | None = None,
+    def encode_loader(self, loader: Any, encoder: PlaceEncoder | None = None, key: str | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
         """Pre-PCA descriptors ``(N, D)`` of every item of a loader, in eval mode, on the model's device.
 
@@ -107,17 +108,17 @@ class VPRTask(pl.LightningModule):
         key = key or self.input_key
         was_training = encoder.training
         encoder.eval()
-        out = torch.empty(len(loader.dataset), cast(Any, encoder).pooled_dim, dtype=dtype, device=self.device)
+        out = torch.empty(len(loader.dataset), encoder.pooled_dim, dtype=dtype, device=self.device)
         row = 0
         for batch in loader:
-            desc = cast(Any, encoder).pooled(batch[key].to(self.device))
+            desc = encoder.pooled(batch[key].to(self.device))
             out[row : row + len(desc)] = desc.to(dtype)
             row += len(desc)
         encoder.train(was_training)
         self.images_encoded += row
         return out
 
-    def encode_images(self, ids: np.ndarray | Sequence[int], encoder: nn.Module | None = None,
+    def encode_images(self, ids: np.ndarray | Sequence[int], encoder: PlaceEncoder | None = None,
                       key: str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
         """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images, on the model's device.
 
@@ -147,7 +148,7 @@ class VPRTask(pl.LightningModule):
         """
         return self._descriptor_cache("student", self._updates, ids, self.encoder, self.input_key)
 
-    def _descriptor_cache(self, name: str, version: int, ids: np.ndarray | Sequence[int], encoder: nn.Module,
+    def _descriptor_cache(self, name: str, version: int, ids: np.ndarray | Sequence[int], encoder: PlaceEncoder,
                           key: str) -> torch.Tensor:  # fmt: skip
         wanted = np.asarray(ids, dtype=np.int64).ravel()
         cached = self._descriptors.get(name)
@@ -156,7 +157,7 @@ class VPRTask(pl.LightningModule):
         _, known, desc = cached
         missing = np.setdiff1d(wanted, known)
         if len(missing):
-            dim = cast(Any, encoder).pooled_dim
+            dim = encoder.pooled_dim
             check_memory((len(known) + len(missing)) * dim * self.encode_dtype.itemsize, self.device, self.trainer,
                          f"{name} descriptors of {len(known) + len(missing):,} training images x {dim} dimensions",
                          "lower data.init_args.cache_queries (queries per sub-epoch) or "

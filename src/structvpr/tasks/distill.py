@@ -71,8 +71,9 @@ class StructVPRDistillation(StructVPRStudent):
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "auto",
                  teacher_hparams: dict[str, Any] | None = None) -> None:  # fmt: skip
-        super().__init__(trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr, weight_decay,
-                         margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
+        super().__init__(trunk=trunk, aggregator=aggregator, num_clusters=num_clusters, pretrained_path=pretrained_path,
+                         pca_dim=pca_dim, lr=lr, weight_decay=weight_decay, margin=margin, recall_ns=recall_ns,
+                         eval_radius=eval_radius, kmeans_images=kmeans_images, search_backend=search_backend)  # fmt: skip
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
         # Reloading a checkpoint of this task: its state dict holds the teacher's and the student's
@@ -111,6 +112,8 @@ class StructVPRDistillation(StructVPRStudent):
         self.teacher.eval()  # frozen BatchNorm statistics, whatever the trainer does
         return self
 
+    #: ``(num_training_queries,)`` distillation weight of every training query (>= 0; mean 1 per
+    #: sub-epoch with SampleWeighting's default), indexed by ``batch["index"]``.
     sample_weights: torch.Tensor
 
     def setup(self, stage: str) -> None:
@@ -134,11 +137,23 @@ class StructVPRDistillation(StructVPRStudent):
         if saved is not None:
             self.sample_weights = torch.ones_like(saved, device=self.device)
 
-    def set_sample_weights(self, weights: torch.Tensor) -> None:
-        """Set ``w_q`` for every training query (``(num_training_queries,)``, >= 0)."""
-        if weights.shape != self.sample_weights.shape:
-            raise ValueError(f"weights must have shape {tuple(self.sample_weights.shape)}, got {tuple(weights.shape)}")
-        self.sample_weights.copy_(weights.to(self.sample_weights))
+    def set_sample_weights(self, indices: torch.Tensor, weights: torch.Tensor) -> None:
+        """Set ``w_q`` (>= 0) of the training queries ``indices`` (``(n,)`` each); the others keep theirs.
+
+        The task owns the weights: they are a buffer, saved and restored with its state dict.
+        """
+        if indices.shape != weights.shape or indices.ndim != 1:
+            raise ValueError(f"indices and weights must be two (n,) tensors, got {tuple(indices.shape)} and "
+                             f"{tuple(weights.shape)}")  # fmt: skip
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(self.sample_weights)):
+            raise ValueError(f"training-query indices must lie in [0, {len(self.sample_weights)})")
+        if bool((weights < 0).any()):
+            raise ValueError("sample weights must be >= 0")
+        self.sample_weights[indices.to(self.sample_weights.device)] = weights.to(self.sample_weights)
+
+    def teacher_rank_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Teacher descriptors of training label maps computed now, with no cache (global ranks)."""
+        return self.encode_images(ids, self.teacher, "label")
 
     def teacher_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
         """Teacher descriptors ``(len(ids), D)`` of training-bank label maps (un-augmented).

@@ -54,8 +54,10 @@ class StructVPRStudent(VPRTask):
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "auto",
                  rerank_top_k: int | None = None) -> None:  # fmt: skip
-        super().__init__(3, trunk, aggregator, num_clusters, pretrained_path, pca_dim, lr,
-                         weight_decay, margin, recall_ns, eval_radius, kmeans_images, search_backend)  # fmt: skip
+        super().__init__(in_chans=3, trunk=trunk, aggregator=aggregator, num_clusters=num_clusters,
+                         pretrained_path=pretrained_path,
+                         pca_dim=pca_dim, lr=lr, weight_decay=weight_decay, margin=margin, recall_ns=recall_ns,
+                         eval_radius=eval_radius, kmeans_images=kmeans_images, search_backend=search_backend)  # fmt: skip
         if rerank_top_k is not None and rerank_top_k < 1:
             raise ValueError(f"rerank_top_k must be >= 1 or None, got {rerank_top_k}")
         self.rerank_top_k = rerank_top_k
