@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structvpr.models.encoder import PlaceEncoder
+from structvpr.utils.io import atomic_path
 
 
 class DescriptorNet(nn.Module):
@@ -70,9 +71,7 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Seq
     net = DescriptorNet(student.encoder).eval()
     example = torch.randn(2, 3, *spec["image_size"])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with torch.no_grad():
+    with torch.no_grad(), atomic_path(out) as tmp:
         if fmt == "torchscript":
             traced = torch.jit.trace(net, example)
             torch.jit.save(traced, str(tmp), _extra_files={"structvpr_input.json": json.dumps(spec)})
@@ -87,7 +86,6 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Seq
             entry = model.metadata_props.add()
             entry.key, entry.value = "structvpr_input", json.dumps(spec)
             onnx.save(model, str(tmp))
-    tmp.replace(out)
     return out
 
 

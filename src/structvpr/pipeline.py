@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from structvpr.cli import cli_main
-from structvpr.tasks.base import recall_table
+from structvpr.reports import recall_table
 
 ROWS = {
     "teacher": "SegTeacher (label maps)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from PIL import Image
 from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, load_rgb
 from structvpr.data.labels import CITYSCAPES_CLASSES, IGNORE_ID
 from structvpr.data.vg import label_map_path, list_images
+from structvpr.utils.io import atomic_path
 
 #: ADE20K (150 classes, 0-based) to Cityscapes train ids; unlisted classes become ignore (255).
 ADE20K_TO_CITYSCAPES = {
@@ -103,14 +103,8 @@ class SegformerSegmenter(torch.nn.Module):
 
 
 def _write_png(label: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(label).save(tmp, format="PNG")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def dataset_images(root: str | Path, split: str | None = None, options: dict[str, Any] | None = None) -> list[Path]:

@@ -124,10 +124,15 @@ def test_nan_loss_stops_with_a_clear_error(tiny_world, tmp_path):
         _trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=_dm(tiny_world))
 
 
-def test_netvlad_is_initialised_by_kmeans_at_fit_start(tiny_world, tmp_path):
+def test_netvlad_is_initialised_by_kmeans_before_mining_encodes(tiny_world, tmp_path):
+    import warnings
+
     model = StructVPRStudent(aggregator="netvlad", num_clusters=4, kmeans_images=10)
     assert not bool(model.encoder.aggregator.initialised)
-    _trainer(tmp_path, enable_checkpointing=False, limit_val_batches=1).fit(model, datamodule=_dm(tiny_world))
+    with warnings.catch_warnings():  # mining's first sub-epoch encodes in on_fit_start: centroids must be set by then
+        warnings.filterwarnings("error", message="NetVLAD encodes with random centroids")
+        _trainer(tmp_path, callbacks=[HardNegativeMining()], enable_checkpointing=False,
+                 limit_val_batches=1).fit(model, datamodule=_dm(tiny_world))  # fmt: skip
     assert bool(model.encoder.aggregator.initialised)
     assert model.encoder.descriptor_dim == 4 * 128
 

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from structvpr.data.datasets import load_rgb
-from structvpr.metrics.recall import first_positive_rank, hit_matrix
+from structvpr.metrics.recall import RecallAtN, first_occurrences, first_positive_rank, hit_matrix
 from structvpr.protocols import datamodule_of
 from structvpr.retrieval.search import knn
+from structvpr.utils.io import atomic_path
 from structvpr.utils.runs import run_folder
 
 GREEN, RED, WHITE = (40, 200, 60), (220, 40, 40), (255, 255, 255)
@@ -81,19 +82,14 @@ class RetrievalPictures(pl.Callback):
             return
         desc = torch.cat([o["descriptor"] for o in self._outputs])
         idx = torch.cat([o["index"] for o in self._outputs])
-        order = torch.argsort(idx)
-        desc, idx = desc[order], idx[order]
-        keep = torch.ones_like(idx, dtype=torch.bool)
-        keep[1:] = idx[1:] != idx[:-1]
+        keep = first_occurrences(idx)
         desc, idx = desc[keep], idx[keep]
         n_db = dataset.num_database
         db, qs = desc[:n_db], desc[n_db:]
         utm = dataset.utm
         retrieved = knn(qs, db, self.top_k)
-        positives = getattr(metric, "positives", None)
-        rule: dict[str, Any] = ({"positives": positives} if positives is not None else
-                                {"query_utm": utm[n_db:], "database_utm": utm[:n_db],
-                                 "radius": getattr(metric, "radius", self.radius)})  # fmt: skip
+        rule: dict[str, Any] = (metric.match_rule(utm[n_db:], utm[:n_db]) if isinstance(metric, RecallAtN) else
+                                {"query_utm": utm[n_db:], "database_utm": utm[:n_db], "radius": self.radius})  # fmt: skip
         correct, _ = hit_matrix(retrieved, **rule)
         ranks, valid = first_positive_rank(qs, db, self.max_n, database_groups=getattr(metric, "database_groups", None),
                                            **rule)  # fmt: skip
@@ -154,16 +150,14 @@ def recall_curve(ranks: torch.Tensor, max_n: int, path: Path, title: str = "Reca
     ax.grid(alpha=0.3)
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _save_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 def _log_image(logger: Any, key: str, path: Path, step: int) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from structvpr.protocols import datamodule_of
 from structvpr.retrieval.search import knn
+from structvpr.utils.io import atomic_path
 from structvpr.utils.runs import run_folder
 
 
@@ -55,12 +56,11 @@ class PredictionWriter(pl.Callback):
             "predictions.txt": "\n".join(lines) + "\n",
         }
         for name, content in files.items():
-            tmp = out / f".{name}.tmp"
-            if isinstance(content, str):
-                tmp.write_text(content)
-            else:
-                with open(tmp, "wb") as f:
-                    np.save(f, np.asarray(content))
-            tmp.replace(out / name)
+            with atomic_path(out / name) as tmp:
+                if isinstance(content, str):
+                    tmp.write_text(content)
+                else:
+                    with open(tmp, "wb") as f:
+                        np.save(f, np.asarray(content))
             self.written.append(out / name)
         print(f"wrote {len(lines)} query predictions (top {self.top_k}) and descriptors to {out}")

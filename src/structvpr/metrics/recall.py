@@ -219,20 +219,29 @@ class RecallAtN(Metric):
             # One process, in dataset order, database first (the usual evaluation): slices, no copies.
             db_pos, q_pos = slice(0, n_db), slice(n_db, len(idx))
         else:
-            # Keep the first occurrence of each dataset index (DistributedSampler pads repeats),
-            # in index order; gather each descriptor once, straight into its database/query block.
-            order = torch.argsort(idx, stable=True)
-            sorted_idx = idx[order]
-            first = torch.ones_like(sorted_idx, dtype=torch.bool)
-            first[1:] = sorted_idx[1:] != sorted_idx[:-1]
-            keep = order[first]
+            # Gather each descriptor once, straight into its database/query block.
+            keep = first_occurrences(idx)
             q_pos, db_pos = keep[is_q[keep]], keep[~is_q[keep]]  # type: ignore[assignment]
         queries, database = desc[q_pos], desc[db_pos]
-        if self.positives is not None:
-            result = recall_at_n(queries, database, self.ns, positives=self.positives, backend=self.backend,
-                                 database_groups=self.database_groups)  # fmt: skip
-        else:
-            result = recall_at_n(queries, database, self.ns, query_utm=utm[q_pos].cpu(), database_utm=utm[db_pos].cpu(),
-                                 radius=self.radius, backend=self.backend,
-                                 database_groups=self.database_groups)  # fmt: skip
+        result = recall_at_n(queries, database, self.ns, backend=self.backend, database_groups=self.database_groups,
+                             **self.match_rule(utm[q_pos].cpu(), utm[db_pos].cpu()))  # fmt: skip
         return {k: torch.tensor(v, device=self.device) for k, v in result.items()}
+
+    def match_rule(self, query_utm: torch.Tensor | np.ndarray, database_utm: torch.Tensor | np.ndarray) -> dict[str, Any]:
+        """What a correct match is, as keyword arguments of :func:`hit_matrix` and :func:`first_positive_rank`:
+        the given positive lists when there are some, else the radius over these coordinates."""  # noqa: D205
+        if self.positives is not None:
+            return {"positives": self.positives}
+        return {"query_utm": query_utm, "database_utm": database_utm, "radius": self.radius}
+
+
+def first_occurrences(indices: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each dataset index, in index order.
+
+    Drops the repeats that a ``DistributedSampler`` pads in, wherever descriptors are gathered.
+    """
+    order = torch.argsort(indices, stable=True)
+    sorted_idx = indices[order]
+    first = torch.ones_like(sorted_idx, dtype=torch.bool)
+    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return order[first]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +16,7 @@ from structvpr.losses import REFERENCE_MARGIN, triplet_margin_loss
 from structvpr.metrics.recall import RecallAtN
 from structvpr.models.aggregators import NetVLAD
 from structvpr.models.encoder import PlaceEncoder
+from structvpr.reports import write_test_report
 from structvpr.retrieval.search import BACKENDS
 from structvpr.utils.memory import check_memory
 from structvpr.utils.runs import run_folder
@@ -180,29 +180,13 @@ class VPRTask(pl.LightningModule):
         self._updates += 1  # the weights moved: descriptors of the previous weights are stale
 
     # -- training -----------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        agg = self.encoder.aggregator
-        if isinstance(agg, NetVLAD) and not bool(agg.initialised):
-            self._init_netvlad(agg)
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """A NetVLAD aggregator brings :class:`~structvpr.callbacks.netvlad.InitNetVLAD` (k-means centroids)."""
+        from structvpr.callbacks.netvlad import InitNetVLAD
 
-    @torch.no_grad()
-    def _init_netvlad(self, agg: NetVLAD, per_image: int = 50) -> None:
-        dataset = self.datamodule.train_images
-        gen = torch.Generator().manual_seed(0)
-        picks = torch.randperm(len(dataset), generator=gen)[: self.hp.kmeans_images].tolist()
-        was_training = self.encoder.training
-        self.encoder.eval()
-        feats = []
-        for i in picks:
-            fmap = self.encoder.features(dataset[i][self.input_key][None].to(self.device))[0]
-            local = fmap.flatten(1).T  # (hw, C)
-            feats.append(local[torch.randperm(local.shape[0], generator=gen)[:per_image]].cpu())
-        self.encoder.train(was_training)
-        agg.init_clusters(torch.cat(feats))
-        # Every process must start from the same centroids.
-        for p in (agg.centroids, agg.conv.weight, agg.conv.bias):
-            assert p is not None
-            p.data.copy_(self.trainer.strategy.broadcast(p.data, src=0))
+        if isinstance(self.encoder.aggregator, NetVLAD):
+            return [InitNetVLAD(num_images=self.hp.kmeans_images)]
+        return []
 
     def triplet_loss(self, desc: torch.Tensor) -> torch.Tensor:
         """``(B, 2 + M, D)`` tuple descriptors to ``(B,)`` triplet losses."""
@@ -280,26 +264,12 @@ class VPRTask(pl.LightningModule):
         return run_folder(self.trainer)
 
     def write_report(self, result: dict[str, float]) -> None:
-        """Write ``test_results.json`` and ``test_results.md`` and print the table."""
+        """Write ``test_results.{json,md}`` into the run's folder (:mod:`structvpr.reports`) and print the table."""
         out = self.report_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        name = type(self).__name__
+        name = type(self).__name__  # the class that actually ran
         protocol = getattr(self.datamodule, "protocols", {}).get("test")
         if protocol is not None:
             name = f"{name} on {protocol.name}"
-        notes = list(protocol.notes) if protocol is not None else []
-        (out / "test_results.json").write_text(json.dumps({"model": name, **result, "notes": notes}, indent=2))
-        # The table states the denominator; the notes say how positives were decided.
-        text = "\n".join([recall_table({name: result}), "", *[f"- {n}" for n in notes],
-                          "- queries without a positive are excluded from the denominator (column 'excluded')"])  # fmt: skip
-        (out / "test_results.md").write_text(text + "\n")
+        text = write_test_report(out, name, result, list(protocol.notes) if protocol is not None else [])
         print(f"\n{text}\n(written to {out}/test_results.{{json,md}})")
 
-def recall_table(rows: dict[str, dict[str, float]]) -> str:
-    """A markdown table of Recall@N (in %) with one row per model."""
-    ns = sorted({k for r in rows.values() for k in r if k.startswith("R@")}, key=lambda k: int(k[2:]))
-    lines = ["| model | " + " | ".join(ns) + " | queries | excluded |", "|---" * (len(ns) + 3) + "|"]
-    for name, r in rows.items():
-        cells = [f"{100 * r[n]:.1f}" for n in ns]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(r['num_queries'])} | {int(r['num_excluded'])} |")
-    return "\n".join(lines)

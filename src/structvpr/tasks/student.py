@@ -16,6 +16,7 @@ from torch import nn
 
 from structvpr.losses import REFERENCE_MARGIN
 from structvpr.tasks.base import VPRTask
+from structvpr.utils.io import atomic_path
 
 
 class StructVPRStudent(VPRTask):
@@ -124,15 +125,15 @@ class StructVPRStudent(VPRTask):
 
     def _two_stage_report(self, state: dict[str, Any]) -> dict[str, dict[str, float]]:
         from structvpr.metrics.recall import hit_matrix
+        from structvpr.reports import recall_table
         from structvpr.retrieval.rerank import rerank
         from structvpr.retrieval.search import first_per_group, group_codes, knn
-        from structvpr.tasks.base import recall_table
 
         store = state["store"]
         store.flush()
         dataset = self.datamodule.test_dataset
         desc = torch.cat(state["desc"])[torch.argsort(torch.cat(state["index"]))]
-        n_db, utm, radius = dataset.num_database, dataset.utm, self.test_recall.radius
+        n_db, utm = dataset.num_database, dataset.utm
         start = time.perf_counter()
         candidates = knn(desc[n_db:], desc[:n_db], self.rerank_top_k)  # type: ignore[arg-type]
         global_ms = (time.perf_counter() - start) * 1000 / max(1, len(candidates))
@@ -146,10 +147,7 @@ class StructVPRStudent(VPRTask):
         for name, order, ms in (("global", candidates, global_ms), ("re-ranked", reranked, global_ms + rerank_ms)):
             if groups is not None:  # one hit per panorama: the N-th distinct panorama of the list
                 order = torch.from_numpy(first_per_group(order.numpy(), groups, order.shape[1]))
-            if metric.positives is not None:
-                hit, valid = hit_matrix(order, positives=metric.positives)
-            else:
-                hit, valid = hit_matrix(order, query_utm=utm[n_db:], database_utm=utm[:n_db], radius=radius)
+            hit, valid = hit_matrix(order, **metric.match_rule(utm[n_db:], utm[:n_db]))
             # N beyond K is not defined for a top-K list.
             ns = [n for n in self.test_recall.ns if n <= order.shape[1]]
             row = {f"R@{n}": float(hit[:, :n].any(1)[valid].float().mean()) for n in ns}
@@ -211,8 +209,7 @@ class StructVPRStudent(VPRTask):
             "pytorch-lightning_version": pl.__version__,
             "structvpr_input": self.input_spec(),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
         return path
 

@@ -1,0 +1,58 @@
+"""NetVLAD centroids from k-means over trunk features of training images, before anything encodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from structvpr.models.aggregators import NetVLAD
+from structvpr.protocols import TrainingData, datamodule_of
+
+
+class InitNetVLAD(pl.Callback):
+    """Initialise an uninitialised NetVLAD as the original NetVLAD does (k-means over local features).
+
+    Every task with a NetVLAD aggregator adds it itself (``configure_callbacks``). It runs in
+    ``setup``, before any other callback encodes (mining mines the first sub-epoch in
+    ``on_fit_start``), and not when a fit resumes from a checkpoint (its centroids come back).
+    Rank 0's centroids are broadcast, so every process starts from the same ones.
+
+    Args:
+        num_images: Training images whose trunk features are clustered.
+        per_image: Local features drawn from each image's feature map.
+        seed: Seed of the image and feature draws and of k-means.
+
+    """
+
+    def __init__(self, num_images: int = 200, per_image: int = 50, seed: int = 0) -> None:
+        if num_images < 1 or per_image < 1:
+            raise ValueError(f"num_images and per_image must be >= 1, got {num_images}, {per_image}")
+        self.num_images, self.per_image, self.seed = num_images, per_image, seed
+
+    @torch.no_grad()
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        encoder: Any = getattr(pl_module, "encoder", None)
+        agg = getattr(encoder, "aggregator", None)
+        if stage != "fit" or not isinstance(agg, NetVLAD) or bool(agg.initialised) or trainer.ckpt_path is not None:
+            return
+        data = datamodule_of(trainer)
+        if not isinstance(data, TrainingData):
+            raise TypeError("InitNetVLAD needs a datamodule satisfying structvpr.protocols.TrainingData")
+        n = len(data.training_tuples.utm)
+        gen = torch.Generator().manual_seed(self.seed)
+        picks = torch.randperm(n, generator=gen)[: self.num_images].sort().values.numpy()
+        was_training = encoder.training
+        encoder.eval()
+        feats = []
+        for batch in data.train_images_dataloader(picks, getattr(pl_module, "input_key", "image")):
+            inputs = next(v for k, v in batch.items() if k != "index")
+            for fmap in encoder.features(inputs):
+                local = fmap.flatten(1).T  # (hw, C)
+                feats.append(local[torch.randperm(local.shape[0], generator=gen)[: self.per_image]].cpu())
+        encoder.train(was_training)
+        agg.init_clusters(torch.cat(feats), seed=self.seed)
+        for p in (agg.centroids, agg.conv.weight, agg.conv.bias):
+            assert p is not None
+            p.data.copy_(trainer.strategy.broadcast(p.data, src=0))
