@@ -111,3 +111,21 @@ def test_encoding_with_uninitialised_netvlad_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         agg(torch.randn(2, 8, 3, 3))
+
+
+def test_trunk_and_aggregator_are_injectable():
+    class TwoConvs(torch.nn.Module):
+        def __init__(self, in_chans, width=6):
+            super().__init__()
+            self.out_channels = width
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(in_chans, width, 3, 2, 1), torch.nn.Conv2d(width, width, 3))
+
+        def forward(self, x):
+            return self.body(x)
+
+    enc = PlaceEncoder(in_chans=5, trunk=TwoConvs, aggregator=lambda c: NetVLAD(num_clusters=3, dim=c))
+    assert enc.pooled_dim == 18 and enc.train()(torch.randn(2, 5, 16, 16)).shape == (2, 18)
+    with pytest.raises(TypeError, match="needs an int out_channels attribute"):
+        PlaceEncoder(trunk=lambda c: torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3)))
+    with pytest.raises(TypeError, match=r"needs an output_dim\(channels\) method"):
+        PlaceEncoder(aggregator=lambda c: torch.nn.Identity())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -158,10 +159,17 @@ def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str
     return LoadReport(len(matched), unused, adapted)
 
 
-def build_trunk(name: str, in_chans: int, pretrained_path: str | None = None) -> Trunk:
-    """``simple`` for :class:`SimpleCNN`, anything else a timm name for :class:`TimmTrunk`."""
+def build_trunk(name: str | Callable[[int], nn.Module], in_chans: int, pretrained_path: str | None = None) -> nn.Module:
+    """``simple`` for :class:`SimpleCNN`, any other string a timm name for :class:`TimmTrunk`, or a
+    callable building a trunk from the input channels (a config ``class_path``): a module
+    ``(B, in_chans, H, W) -> (B, C, h, w)`` with an ``out_channels`` attribute."""  # noqa: D205
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if not isinstance(name, str):
+        trunk = name(in_chans)
+        if not isinstance(getattr(trunk, "out_channels", None), int):
+            raise TypeError(f"{type(trunk).__name__} needs an int out_channels attribute (its feature-map channels)")
+        return trunk
     if name == "simple":
         if pretrained_path is not None:
             raise ValueError("the simple trunk has no pretrained weights; set pretrained_path=None")

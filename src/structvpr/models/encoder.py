@@ -12,13 +12,19 @@ from structvpr.models.aggregators import GeM, NetVLAD
 from structvpr.models.backbones import build_trunk
 from structvpr.models.pca import PCAWhitening
 
+#: A callable that builds a module from a channel count: a trunk from its input channels, an
+#: aggregator from the trunk's output channels (from a config: a ``class_path`` whose first
+#: init argument is that count).
+ModuleFactory = Callable[[int], nn.Module]
+
 
 class PlaceEncoder(nn.Module):
     """Image (or one-hot label map) to an L2-normalised global descriptor.
 
     Args:
         in_chans: Input channels: 3 for RGB, G for a one-hot label map.
-        trunk: ``simple`` or a timm model name (``vgg16`` is the paper's conv5_3 trunk).
+        trunk: ``simple``, a timm model name (``vgg16`` is the paper's conv5_3 trunk), or a callable
+            building a trunk from ``in_chans`` (see :func:`~structvpr.models.backbones.build_trunk`).
         aggregator: ``gem``, ``netvlad``, or any callable that builds an aggregator from the trunk's
             output channels, e.g. a class ``MyPool(channels, ...)``: the module maps ``(B, C, h, w)``
             to ``(B, D)`` and has ``output_dim(channels) -> D`` (from a config:
@@ -31,14 +37,15 @@ class PlaceEncoder(nn.Module):
 
     """
 
-    def __init__(self, in_chans: int = 3, trunk: str = "simple",
-                 aggregator: str | Callable[[int], nn.Module] = "gem", num_clusters: int = 64,
+    def __init__(self, in_chans: int = 3, trunk: str | ModuleFactory = "simple",
+                 aggregator: str | ModuleFactory = "gem", num_clusters: int = 64,
                  pretrained_path: str | None = None, pca_dim: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if isinstance(aggregator, str) and aggregator not in ("gem", "netvlad"):
             raise ValueError(f"aggregator must be 'gem', 'netvlad' or a callable building a module, got {aggregator!r}")
         self.trunk = build_trunk(trunk, in_chans, pretrained_path)
-        channels = int(self.trunk.out_channels)
+        channels = getattr(self.trunk, "out_channels", None)
+        assert isinstance(channels, int)
         if aggregator == "gem":
             self.aggregator: nn.Module = GeM()
         elif aggregator == "netvlad":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,12 +10,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.data import AttributeDict
-from torch import nn
 
 from structvpr.losses import REFERENCE_MARGIN, triplet_margin_loss
 from structvpr.metrics.recall import RecallAtN
 from structvpr.models.aggregators import NetVLAD
-from structvpr.models.encoder import PlaceEncoder
+from structvpr.models.encoder import ModuleFactory, PlaceEncoder
 from structvpr.reports import write_test_report
 from structvpr.retrieval.search import BACKENDS
 from structvpr.utils.memory import check_memory
@@ -50,7 +49,8 @@ class VPRTask(pl.LightningModule):
 
     input_key = "image"
 
-    def __init__(self, in_chans: int = 3, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
+    def __init__(self, in_chans: int = 3, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
+                
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

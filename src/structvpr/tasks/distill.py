@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import nn
 
 from structvpr.data.datasets import is_geometric
 from structvpr.losses import REFERENCE_MARGIN, distillation_loss, weighted_mean
+from structvpr.models.encoder import ModuleFactory
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
 
@@ -65,7 +65,8 @@ class StructVPRDistillation(StructVPRStudent):
     """
 
     def __init__(self, teacher_ckpt: str | None = None, student_ckpt: str | None = None, distill_weight: float = 1.0,
-                 cache_teacher: bool = True, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
+                 cache_teacher: bool = True, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
+                
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

@@ -6,15 +6,15 @@ import inspect
 import json
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from structvpr.losses import REFERENCE_MARGIN
+from structvpr.models.encoder import ModuleFactory
 from structvpr.tasks.base import VPRTask
 from structvpr.utils.io import atomic_path
 
@@ -49,7 +49,8 @@ class StructVPRStudent(VPRTask):
 
     input_key = "image"
 
-    def __init__(self, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem", num_clusters: int = 16,
+    def __init__(self, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
+                 num_clusters: int = 16,
                  pretrained_path: str | None = None, pca_dim: int | None = None, lr: float = 1e-3,
                  weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-from torch import nn
+from collections.abc import Sequence
 
 from structvpr.losses import REFERENCE_MARGIN
+from structvpr.models.encoder import ModuleFactory
 from structvpr.tasks.base import VPRTask
 
 
@@ -37,7 +36,8 @@ class SegTeacher(VPRTask):
 
     input_key = "label"
 
-    def __init__(self, num_groups: int = 5, trunk: str = "simple", aggregator: str | Callable[[int], nn.Module] = "gem",
+    def __init__(self, num_groups: int = 5, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
+                
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
