@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,13 @@ class TimmTrunk(Trunk):
         #: What loading ``pretrained_path`` matched (None without a file).
         self.load_report: LoadReport | None = None
         if pretrained_path is not None:
-            self.load_report = load_trunk_weights(self.body, pretrained_path, name, prefix)
+            self.load_report = report = load_trunk_weights(self.body, pretrained_path, name, prefix)
+            unused = f"; not used: {', '.join(report.unused[:6])}{' ...' if len(report.unused) > 6 else ''}"
+            logging.getLogger(__name__).info(
+                f"{pretrained_path}: loaded all {report.loaded} tensors of the {name} trunk"
+                + (f"; adapted to {in_chans} input channels: {', '.join(report.adapted)}" if report.adapted else "")
+                + (unused if report.unused else "")
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)

@@ -28,7 +28,8 @@ class VPRTask(pl.LightningModule):
 
     Args:
         in_chans: Input channels of the encoder.
-        trunk: ``simple`` or a timm name (``vgg16`` is the paper's trunk).
+        trunk: ``simple``, a timm name (``vgg16`` is the paper's trunk), or a callable building a trunk
+            from the input channels (see :class:`~structvpr.models.PlaceEncoder`).
         aggregator: ``gem``, ``netvlad``, or a callable building an aggregator from the trunk's channels
             (a config ``class_path``; see :class:`~structvpr.models.PlaceEncoder`).
         num_clusters: K of NetVLAD.
@@ -50,7 +51,6 @@ class VPRTask(pl.LightningModule):
     input_key = "image"
 
     def __init__(self, in_chans: int = 3, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

@@ -66,7 +66,6 @@ class StructVPRDistillation(StructVPRStudent):
 
     def __init__(self, teacher_ckpt: str | None = None, student_ckpt: str | None = None, distill_weight: float = 1.0,
                  cache_teacher: bool = True, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,

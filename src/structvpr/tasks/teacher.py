@@ -37,7 +37,6 @@ class SegTeacher(VPRTask):
     input_key = "label"
 
     def __init__(self, num_groups: int = 5, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                
                  num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
