@@ -118,3 +118,23 @@ def test_float16_descriptors_halve_the_sub_epoch_cache_and_mine_alike(tiny43_wor
     assert dtypes == {"float32": torch.float32, "float16": torch.float16}
     same = (tables["float32"] == tables["float16"]).all(1).float().mean().item()
     assert same >= 0.9  # rounding may reorder a near-tie, not the mining
+
+
+def test_memory_mapped_descriptors_mine_the_same_tuples(tiny43_world, tmp_path, monkeypatch):
+    from structvpr.tasks.base import VPRTask
+
+    made = []
+    original = VPRTask._memmap_array
+    monkeypatch.setattr(VPRTask, "_memmap_array", lambda self, *a: made.append(a) or original(self, *a))
+    tables = {}
+    for memmap in (None, str(tmp_path / "mm")):
+
+        class Keep(pl.Callback):
+            def on_train_epoch_start(self, trainer, pl_module, key=memmap):
+                tables[key] = trainer.datamodule.train_dataset.tuples.clone()
+
+        pl.seed_everything(0)
+        miner = HardNegativeMining(cache_negatives=10, descriptor_memmap_dir=memmap)
+        _trainer(tmp_path, callbacks=[miner, Keep()], enable_checkpointing=False, limit_val_batches=0).fit(
+            StructVPRStudent(), datamodule=_dm43(tiny43_world, cache_queries=6))
+    assert made and torch.equal(tables[None], tables[str(tmp_path / "mm")])

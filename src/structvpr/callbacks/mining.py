@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -49,13 +50,17 @@ class HardNegativeMining(pl.Callback):
         search_backend: Search for negatives (None: the task's ``search_backend``).
         descriptor_dtype: Storage of the sub-epoch's descriptors (student and teacher):
             ``float16`` halves their memory; search and losses still compute in float32.
+        descriptor_memmap_dir: Keep the sub-epoch's descriptors in memory-mapped files in this
+            folder (deleted when no longer used) instead of host or device memory, for sets that
+            do not fit; search then runs on the CPU with the ``torch`` backend's blocks.
         seed: Seed of the negative pools.
 
     """
 
     def __init__(self, cache_negatives: int | None = 1000, positive: Literal["nearest", "random"] = "nearest",
                  search_backend: Backend | None = None,
-                 descriptor_dtype: Literal["float32", "float16"] = "float32", seed: int = 0) -> None:  # fmt: skip
+                 descriptor_dtype: Literal["float32", "float16"] = "float32", descriptor_memmap_dir: str | None = None,
+                 seed: int = 0) -> None:  # fmt: skip
         if cache_negatives is not None and cache_negatives < 1:
             raise ValueError(f"cache_negatives must be >= 1 or None, got {cache_negatives}")
         if positive not in ("nearest", "random"):
@@ -64,6 +69,7 @@ class HardNegativeMining(pl.Callback):
         if descriptor_dtype not in ("float32", "float16"):
             raise ValueError(f"descriptor_dtype must be 'float32' or 'float16', got {descriptor_dtype!r}")
         self.search_backend, self.descriptor_dtype = search_backend, descriptor_dtype
+        self.descriptor_memmap_dir = descriptor_memmap_dir
         self.refreshes = 0
         self.random_fills = 0
         self._restored: dict[str, Any] | None = None
@@ -84,6 +90,10 @@ class HardNegativeMining(pl.Callback):
                             f"(training_descriptors, encode_images), got {type(pl_module).__name__}")  # fmt: skip
         self._data, self._task, self._trainer = data, pl_module, trainer
         pl_module.encode_dtype = getattr(torch, self.descriptor_dtype)
+        if self.descriptor_memmap_dir is not None:
+            if not hasattr(pl_module, "encode_memmap_dir"):
+                raise TypeError(f"descriptor_memmap_dir needs a task with encode_memmap_dir, got {type(pl_module).__name__}")
+            setattr(pl_module, "encode_memmap_dir", Path(self.descriptor_memmap_dir))  # noqa: B010
 
     @property
     def _tuples(self) -> TupleTable:

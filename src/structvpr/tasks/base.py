@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -74,6 +75,9 @@ class VPRTask(pl.LightningModule):
         #: Storage type of the per-sub-epoch training descriptors (set by ``HardNegativeMining``;
         #: float16 halves them, search and losses still compute in float32).
         self.encode_dtype = torch.float32
+        #: A folder for the per-sub-epoch descriptors as memory-mapped files on the host instead of
+        #: arrays in memory (set by ``HardNegativeMining(descriptor_memmap_dir=...)``).
+        self.encode_memmap_dir: Path | None = None
         self.test_results: dict[str, float] = {}
 
     @property
@@ -98,39 +102,46 @@ class VPRTask(pl.LightningModule):
 
     @torch.no_grad()
     def encode_loader(self, loader: Any, encoder: PlaceEncoder | None = None, key: str | None = None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+                      dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """Pre-PCA descriptors ``(N, D)`` of every item of a loader, in eval mode, on the model's device.
 
-        Batches stream into one preallocated array (``dtype``: float16 halves it), so the peak
-        is the output plus one batch.
+        Batches stream into one preallocated array (``dtype``: float16 halves it; ``out`` gives
+        one, e.g. memory-mapped), so the peak is the output plus one batch.
         """
         encoder = encoder if encoder is not None else self.encoder
         key = key or self.input_key
         was_training = encoder.training
         encoder.eval()
-        out = torch.empty(len(loader.dataset), encoder.pooled_dim, dtype=dtype, device=self.device)
+        if out is None:
+            out = torch.empty(len(loader.dataset), encoder.pooled_dim, dtype=dtype, device=self.device)
         row = 0
         for batch in loader:
             desc = encoder.pooled(batch[key].to(self.device))
-            out[row : row + len(desc)] = desc.to(dtype)
+            out[row : row + len(desc)] = desc.to(out)
             row += len(desc)
         encoder.train(was_training)
         self.images_encoded += row
         return out
 
     def encode_images(self, ids: np.ndarray | Sequence[int], encoder: PlaceEncoder | None = None,
-                      key: str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+                      key: str | None = None, dtype: torch.dtype = torch.float32,
+                      memmap: bool = False) -> torch.Tensor:  # fmt: skip
         """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images, on the model's device.
 
         Each process encodes its share (``1 / world_size``) of ``ids`` with the datamodule's
         workers, reading only ``key`` (``image`` or ``label``); the shares are all-gathered, so
-        every process returns the same full array.
+        every process returns the same full array. With ``memmap`` (and ``encode_memmap_dir``
+        set) a single process streams straight into a memory-mapped file.
         """
         ids = np.asarray(ids, dtype=np.int64)
         key = key or self.input_key
         world, rank = self.trainer.world_size, self.trainer.global_rank
         shards = np.array_split(ids, world)
-        local = self.encode_loader(self.datamodule.train_images_dataloader(shards[rank], key), encoder, key, dtype)
+        encoder = encoder if encoder is not None else self.encoder
+        out = None
+        if memmap and world == 1 and self.encode_memmap_dir is not None:
+            out = self._memmap_array("encoded", len(ids), encoder.pooled_dim, dtype)
+        local = self.encode_loader(self.datamodule.train_images_dataloader(shards[rank], key), encoder, key, dtype, out)
         if world == 1:
             return local
         size = max(len(s) for s in shards)
@@ -158,17 +169,41 @@ class VPRTask(pl.LightningModule):
         missing = np.setdiff1d(wanted, known)
         if len(missing):
             dim = encoder.pooled_dim
-            check_memory((len(known) + len(missing)) * dim * self.encode_dtype.itemsize, self.device, self.trainer,
-                         f"{name} descriptors of {len(known) + len(missing):,} training images x {dim} dimensions",
-                         "lower data.init_args.cache_queries (queries per sub-epoch) or "
-                         "HardNegativeMining(cache_negatives) (the negative pool)")  # fmt: skip
-            fresh = self.encode_images(missing, encoder, key, self.encode_dtype)
+            if self.encode_memmap_dir is None:
+                check_memory((len(known) + len(missing)) * dim * self.encode_dtype.itemsize, self.device, self.trainer,
+                             f"{name} descriptors of {len(known) + len(missing):,} training images x {dim} dimensions",
+                             "lower data.init_args.cache_queries (queries per sub-epoch) or "
+                             "HardNegativeMining(cache_negatives), or set HardNegativeMining(descriptor_memmap_dir)")  # fmt: skip
+            fresh = self.encode_images(missing, encoder, key, self.encode_dtype,
+                                       memmap=self.encode_memmap_dir is not None)  # fmt: skip
             ids_all = np.concatenate([known, missing])
             order = np.argsort(ids_all, kind="stable")
-            desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order).to(fresh.device)]
+            if self.encode_memmap_dir is not None and len(known):  # merge on disk: the host holds what it touches
+                merged = self._memmap_array(name, len(ids_all), fresh.shape[1], fresh.dtype)
+                position = np.empty_like(order)
+                position[order] = np.arange(len(order))  # where each of known + missing lands
+                merged[torch.from_numpy(position[: len(known)])] = desc.to(merged)
+                merged[torch.from_numpy(position[len(known) :])] = fresh.to(merged)
+                desc = merged
+            else:
+                desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order).to(fresh.device)]
             known = ids_all[order]
         self._descriptors[name] = (version, known, desc)
+        if np.array_equal(wanted, known):  # the whole cached set, in order (mining's request): no copy
+            return desc
         return desc[torch.from_numpy(np.searchsorted(known, wanted)).to(desc.device)]
+
+    def _memmap_array(self, name: str, rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+        """A ``(rows, dim)`` tensor backed by a new file in ``encode_memmap_dir`` (unlinked at once:
+        the mapping keeps it until the tensor is dropped)."""  # noqa: D205
+        assert self.encode_memmap_dir is not None
+        folder = Path(self.encode_memmap_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}-{os.getpid()}-{self._updates}-{rows}.bin"
+        np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        array = np.memmap(path, dtype=np_dtype, mode="w+", shape=(max(rows, 1), dim))[:rows]
+        path.unlink()
+        return torch.from_numpy(array)
 
     def on_train_epoch_start(self) -> None:
         # Without HardNegativeMining, each sub-epoch trains on random tuples of its queries.
