@@ -151,3 +151,26 @@ def test_a_limited_validation_still_holds_queries_and_database(tiny_world, tmp_p
     # 16 of the 32 val images: database and queries in proportion, so R@1 is a number, not nan
     assert result["val/num_queries"] + result["val/num_excluded"] == 6
     assert result["val/R@1"] == result["val/R@1"]  # not nan
+
+
+def test_held_out_fold_trains_without_exactly_that_fold_of_queries(tiny_world):
+    from structvpr.data import VPRDataModule
+    from structvpr.data.datasets import query_fold
+
+    def training_query_names(**kw):
+        dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), synthetic_preset=None, **kw)
+        dm.setup("fit")
+        images = dm.train_images
+        return images.num_database, [images.records[i].path.name for i in range(images.num_database, len(images))]
+
+    n_db, everything = training_query_names()
+    assert len(everything) == 24
+    for fold in (0, 1, 2):
+        n_db_fold, kept = training_query_names(query_folds=3, held_out_fold=fold)
+        assert n_db_fold == n_db  # the database is shared by every fold teacher
+        assert kept == [name for i, name in enumerate(everything) if i % 3 != fold]
+    assert list(query_fold(np.arange(5), 2)) == [0, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="held_out_fold must lie in 0 .. query_folds - 1 = 1, got 2"):
+        VPRDataModule(root=str(tiny_world), query_folds=2, held_out_fold=2)
+    with pytest.raises(ValueError, match="query_folds must be >= 1"):
+        VPRDataModule(root=str(tiny_world), query_folds=0)

@@ -249,3 +249,62 @@ def test_distillation_checkpoint_reloads_after_its_teacher_file_is_deleted(train
     assert reloaded.hparams.teacher_hparams["num_groups"] == 5
     with pytest.raises(FileNotFoundError, match="teacher_ckpt: .*teacher.ckpt does not exist"):
         StructVPRDistillation(teacher_ckpt=str(teacher_file))  # a new run still needs the file
+
+
+def _fold_teacher(tiny_world, tmp_path, fold: int) -> str:
+    """A briefly trained SegTeacher that never saw the training queries of ``fold`` (of 2)."""
+    from structvpr.tasks import SegTeacher
+
+    pl.seed_everything(10 + fold)
+    model = SegTeacher()
+    trainer = _trainer(tmp_path / f"fold{fold}", enable_checkpointing=False, callbacks=[HardNegativeMining()])
+    trainer.fit(model, datamodule=_dm(tiny_world, query_folds=2, held_out_fold=fold))
+    path = tmp_path / f"fold{fold}.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def test_crossfit_teachers_rank_exactly_the_queries_they_never_trained_on(trained, tiny_world, tmp_path):
+    import numpy as np
+
+    from structvpr.tasks import SegTeacher
+
+    folds = [_fold_teacher(tiny_world, tmp_path, k) for k in (0, 1)]
+    weighting = SampleWeighting(crossfit_teachers=folds, ranks="subepoch")
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    dm = _dm(tiny_world)
+    _trainer(tmp_path, epochs=2, callbacks=[HardNegativeMining(), weighting], enable_checkpointing=False).fit(
+        model, datamodule=dm)  # fmt: skip
+    assert [h["subepoch"] for h in weighting.history] == [0, 1]
+    record = weighting.history[-1]
+    np.testing.assert_allclose(record["weights"], model.sample_weights[torch.from_numpy(record["queries"])].numpy())
+    # Independent computation: each query's rank under the teacher of its fold, by brute force.
+    images = dm.train_images
+    n_db = images.num_database
+    database = dm.training_tuples.subepoch_database
+    utm = images.utm.numpy()
+    expected = np.zeros(len(record["image_ids"]), dtype=np.int64)
+    for k, path in enumerate(folds):
+        teacher = SegTeacher.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+        with torch.no_grad():
+            desc = {i: teacher.encoder.pooled(images[i]["label"][None])[0].numpy()
+                    for i in [*database, *record["image_ids"]]}  # fmt: skip
+        for row, q in enumerate(record["image_ids"]):
+            if (q - n_db) % 2 != k:
+                continue
+            dist = np.array([np.linalg.norm(desc[q] - desc[d]) for d in database])
+            order = database[np.argsort(dist, kind="stable")]
+            hits = np.flatnonzero(np.linalg.norm(utm[order] - utm[q], axis=1) <= 25.0)
+            expected[row] = hits[0] + 1 if len(hits) and hits[0] < 100 else 101
+    np.testing.assert_array_equal(record["teacher_ranks"], expected)
+    # The task's own teacher, which trained on every query, ranks them differently.
+    own = SampleWeighting(ranks="subepoch")
+    _trainer(tmp_path / "own", epochs=2, callbacks=[HardNegativeMining(), own], enable_checkpointing=False).fit(
+        StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"]),
+        datamodule=_dm(tiny_world))  # fmt: skip
+    assert not np.array_equal(own.history[-1]["teacher_ranks"], record["teacher_ranks"])
+
+
+def test_crossfit_needs_two_teachers():
+    with pytest.raises(ValueError, match="at least 2 checkpoints"):
+        SampleWeighting(crossfit_teachers=["one.ckpt"])

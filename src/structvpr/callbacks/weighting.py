@@ -74,7 +74,15 @@ class SampleWeighting(pl.Callback):
     sizes, mean weight per group and a histogram of the sub-epoch are logged, with
     ``weighting/global_ranks`` saying which rank set ran. The weights live in the task
     (``sample_weights``, saved with its state dict); this callback computes them and keeps the
-    ranks.
+    ranks, and every sub-epoch's queries, ranks and weights in :attr:`history` for analysis.
+
+    A teacher ranks its own training queries almost always at 1 (it has learned exactly those
+    label maps, corrupted ones included), so ``r_T`` then says little about whether its
+    knowledge of a query is sound. ``crossfit_teachers`` takes ``r_T`` from teachers that never
+    trained on the query instead: the training queries are split into ``K`` folds
+    (:func:`~structvpr.data.datasets.query_fold`), teacher ``k`` is trained with
+    ``data.held_out_fold=k, data.query_folds=K``, and ranks the queries of fold ``k``. The
+    distillation targets still come from the task's own teacher.
 
     Args:
         tau: Teacher rank above which a query is noisy (weight 0).
@@ -87,12 +95,14 @@ class SampleWeighting(pl.Callback):
             that StructVPR weights and uniform weights distil the same total at the same
             ``distill_weight`` and the comparison is between choices, not amounts. Without
             it the weighted run distils ``mean(w)`` times less than the uniform one.
+        crossfit_teachers: Checkpoints of ``K`` SegTeachers, the ``k``-th trained without fold
+            ``k`` of the training queries (see above); None: the task's teacher ranks.
 
     """
 
     def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100,
                  ranks: Literal["subepoch", "global"] = "subepoch", radius: float = 25.0, uniform: bool = False,
-                 normalize: bool = True) -> None:  # fmt: skip
+                 normalize: bool = True, crossfit_teachers: list[str] | None = None) -> None:  # fmt: skip
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if max_rank < tau:
@@ -102,7 +112,15 @@ class SampleWeighting(pl.Callback):
         if radius <= 0:
             raise ValueError(f"radius must be > 0, got {radius}")
         self.tau, self.alpha, self.max_rank, self.ranks, self.radius = tau, alpha, max_rank, ranks, radius
+        if crossfit_teachers is not None and len(crossfit_teachers) < 2:
+            raise ValueError(f"crossfit_teachers needs at least 2 checkpoints (one per fold), got {crossfit_teachers}")
         self.uniform, self.normalize = uniform, normalize
+        self.crossfit_teachers = list(crossfit_teachers) if crossfit_teachers is not None else None
+        #: Per weighted sub-epoch: ``subepoch``, ``queries`` (training-query indices), ``image_ids``
+        #: (their bank ids), ``teacher_ranks``, ``student_ranks`` and ``weights`` (numpy arrays).
+        #: Kept in memory for analysis, not in checkpoints.
+        self.history: list[dict[str, Any]] = []
+        self._fold_teachers: list[Any] = []
         #: Ranks of every training query when it was last weighted (logging and state).
         self.teacher_ranks: torch.Tensor | None = None
         self.student_ranks: torch.Tensor | None = None
@@ -131,6 +149,13 @@ class SampleWeighting(pl.Callback):
             raise ValueError("SampleWeighting ranks each sub-epoch's mined set: put HardNegativeMining before it "
                              f"in trainer.callbacks (now: {names})")  # fmt: skip
         self._data, self._task = data, pl_module
+        if self.crossfit_teachers is not None and not self._fold_teachers:
+            from structvpr.tasks.teacher import SegTeacher
+
+            for path in self.crossfit_teachers:
+                teacher = SegTeacher.load_from_checkpoint(path, map_location=pl_module.device, weights_only=True)
+                teacher.freeze()
+                self._fold_teachers.append(teacher.encoder)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._data is not None and self._task is not None, "SampleWeighting.setup has not run"
@@ -147,7 +172,7 @@ class SampleWeighting(pl.Callback):
         backend: Backend = getattr(task, "hparams", {}).get("search_backend", "auto")
         if self.ranks == "subepoch":
             database = dataset.subepoch_database
-            r_t = self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend)
+            r_t = self._teacher_ranks(task, database, q_ids, dataset, backend)
         else:
             database = np.arange(dataset.num_database)
             if self._global_teacher_ranks is None:
@@ -161,8 +186,12 @@ class SampleWeighting(pl.Callback):
             weights = mean_one(weights)
         chosen = torch.from_numpy(queries)
         self.teacher_ranks[chosen], self.student_ranks[chosen] = r_t, r_s
-        task.set_sample_weights(chosen, trainer.strategy.broadcast(weights, src=0))
+        weights = trainer.strategy.broadcast(weights, src=0)
+        task.set_sample_weights(chosen, weights)
         self.subepoch = dataset.subepoch
+        self.history.append({"subepoch": self.subepoch, "queries": queries.copy(), "image_ids": np.asarray(q_ids),
+                             "teacher_ranks": r_t.numpy(), "student_ranks": r_s.numpy(),
+                             "weights": weights.cpu().numpy()})  # fmt: skip
         self._log(trainer, chosen, len(database))
 
     def _ranks(self, descriptors: Any, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
@@ -175,6 +204,25 @@ class SampleWeighting(pl.Callback):
                                        backend=backend)  # fmt: skip
         return ranks.cpu()
 
+    def _teacher_ranks(self, task: DistillationTask, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
+                       backend: Backend) -> torch.Tensor:  # fmt: skip
+        """``r_T`` of the queries ``q_ids`` over ``database``: the task's teacher, or each query's fold teacher."""
+        if not self._fold_teachers:
+            return self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend)
+        from structvpr.data.datasets import query_fold
+
+        encode: Any = task.encode_images  # VPRTask's sharded encoding pass
+        folds = query_fold(np.asarray(q_ids) - dataset.num_database, len(self._fold_teachers))
+        ranks = torch.empty(len(q_ids), dtype=torch.long)
+        for k, encoder in enumerate(self._fold_teachers):
+            members = np.flatnonzero(folds == k)
+            if len(members):
+                encoder.to(getattr(task, "device", "cpu"))
+                fold_ranks = self._ranks(lambda ids, e=encoder: encode(ids, e, "label"), database,
+                                         np.asarray(q_ids)[members], dataset, backend)  # fmt: skip
+                ranks[torch.from_numpy(members)] = fold_ranks
+        return ranks
+
     def _global_teacher(self, task: DistillationTask, dataset: TupleTable, backend: Backend,
                         trainer: pl.Trainer) -> torch.Tensor:  # fmt: skip
         """``r_T`` of every training query over the whole training database (once: the teacher is frozen)."""
@@ -185,6 +233,8 @@ class SampleWeighting(pl.Callback):
         check_memory(len(ids) * dim * 4, torch.device(getattr(task, "device", "cpu")), trainer,
                      "teacher descriptors of every training image (SampleWeighting(ranks='global'))",
                      "use SampleWeighting(ranks='subepoch'), which ranks over each sub-epoch's encoded set")  # fmt: skip
+        if self._fold_teachers:
+            return self._teacher_ranks(task, np.arange(n_db), q_ids, dataset, backend)
         desc = task.teacher_rank_descriptors(ids)
         utm = dataset.utm
         ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank, query_utm=utm[q_ids],

@@ -23,6 +23,7 @@ from structvpr.data.datasets import (
     TripletDataset,
     bad_images_message,
     joint_transform,
+    query_fold,
     unreadable_images,
 )
 from structvpr.data.formats import SplitManifest
@@ -96,6 +97,12 @@ class VPRDataModule(pl.LightningDataModule):
             lists them (default: stop with the list). ``test`` and ``validate`` always stop:
             a protocol's numbers need every image.
         cache_images: Decode every image once and keep it in memory (small datasets only).
+        query_folds: Number of folds the training queries are split into (query ``i`` of the
+            training split, in file order, belongs to fold ``i % query_folds``, see
+            :func:`~structvpr.data.datasets.query_fold`). Only used with ``held_out_fold``.
+        held_out_fold: Train without the queries of this fold (the database is kept), e.g. the
+            cross-fitted teachers of ``SampleWeighting(crossfit_teachers=...)``: teacher ``k``
+            trains with ``held_out_fold=k`` and ranks exactly the queries it never saw.
         val_split: Split folder used for validation.
         test_split: Split folder used by ``test`` (``val`` to tune settings without touching test).
         test_benchmark: A named benchmark of :mod:`structvpr.data.benchmarks` (``pitts30k_test``,
@@ -122,8 +129,13 @@ class VPRDataModule(pl.LightningDataModule):
                  cache_images: bool = False, val_split: str = "val", test_split: str = "test",
                  test_benchmark: str | None = None, train_benchmark: str | None = None,
                  val_benchmark: str | None = None,
-                 benchmark_options: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
+                 benchmark_options: dict[str, dict[str, Any]] | None = None, query_folds: int = 1,
+                 held_out_fold: int | None = None) -> None:  # fmt: skip
         super().__init__()
+        if query_folds < 1:
+            raise ValueError(f"query_folds must be >= 1, got {query_folds}")
+        if held_out_fold is not None and not 0 <= held_out_fold < query_folds:
+            raise ValueError(f"held_out_fold must lie in 0 .. query_folds - 1 = {query_folds - 1}, got {held_out_fold}")
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {sorted(GROUPINGS)}, got {grouping!r}")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -229,6 +241,8 @@ class VPRDataModule(pl.LightningDataModule):
             else:
                 manifest = self._named(hp.train_benchmark)
                 self.train_images = self._dataset(manifest.database, manifest.queries)
+            if hp.held_out_fold is not None:
+                self.train_images = self._without_fold(self.train_images, hp.query_folds, hp.held_out_fold)
             bank = self._dataset(self.train_images.records[: self.train_images.num_database],
                                  self.train_images.records[self.train_images.num_database :],
                                  train_transform=True, share=self.train_images)  # fmt: skip
@@ -256,6 +270,13 @@ class VPRDataModule(pl.LightningDataModule):
                 self.predict_dataset = folders
             else:
                 self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
+
+    def _without_fold(self, images: ImageDataset, folds: int, fold: int) -> ImageDataset:
+        records, n_db = images.records, images.num_database
+        keep = [r for r, f in zip(records[n_db:], query_fold(np.arange(len(records) - n_db), folds)) if f != fold]
+        if not keep:
+            raise ValueError(f"held_out_fold={fold} of query_folds={folds} leaves no training query")
+        return self._dataset(records[:n_db], keep)
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader[Any]:
         workers = self.hp.num_workers

@@ -299,6 +299,18 @@ class FolderDataset(Dataset[dict[str, Any]]):
                 "is_query": i >= self.num_database}  # fmt: skip
 
 
+def query_fold(query_index: int | np.ndarray, folds: int) -> Any:
+    """Fold of a training query from its index among the split's queries (file order): ``i % folds``.
+
+    Neighbouring queries fall in different folds, so every fold covers the whole route: a
+    teacher trained without fold ``k`` has seen the places of fold ``k`` (through the other
+    folds' queries and the shared database), never its query images.
+    """
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    return np.asarray(query_index) % folds
+
+
 class SubEpochSampler(Sampler[int]):
     """A shuffle of a :class:`TripletDataset`'s rows seeded by (seed, sub-epoch): the same order
     whenever the sub-epoch is trained, so a run resumed at a sub-epoch boundary repeats it."""  # noqa: D205
