@@ -1,0 +1,198 @@
+"""Tables of the weighting experiment (``distillation_experiment.py report``): intervals, paired differences,
+the partition against the manifest's corruption flags, and per-group gains by condition."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+ROWS = ("teacher", "baseline", "uniform", "weighted", "rescaled", "crossfit")
+PAIRS = (("weighted", "uniform"), ("rescaled", "uniform"), ("crossfit", "uniform"), ("crossfit", "rescaled"),
+         ("weighted", "rescaled"), ("uniform", "baseline"))  # fmt: skip
+KEYS = ("R@1", "R@5", "R@10")
+GROUPS = ("noisy", "teachable", "consistent")
+CONDITIONS = ("day", "dusk", "night", "fog")
+
+
+def interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean and the half-width of its t confidence interval."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": round(mean, 2), "ci95": round(half, 2), "n": n}
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Mean paired difference a - b with its interval, wins/losses/ties and the two-sided sign-test p."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    wins, losses = int((d > 1e-9).sum()), int((d < -1e-9).sum())
+    p = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
+    return {**interval(d), "wins": wins, "losses": losses, "ties": len(d) - wins - losses, "sign_p": round(p, 3)}
+
+
+def _chosen_dir(world: Path, row: str, chosen: dict[str, Any]) -> Path:
+    if row in ("teacher", "baseline"):
+        return world / row
+    s = chosen[row]
+    return world / row / f"lam{s['distill_weight']:g}_tau{s['tau']}_alpha{s['alpha']:g}"
+
+
+def load(work: Path) -> tuple[dict[str, Any], dict[float, dict[int, dict[str, Any]]]]:
+    """``chosen.json`` and every finished result at the chosen settings: ``runs[noise][seed][row]``."""
+    chosen = json.loads((work / "chosen.json").read_text())
+    runs: dict[float, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for world in sorted(work.glob("noise*_seed*")):
+        noise = float(world.name.split("_")[0][5:])
+        seed = int(world.name.split("seed")[1])
+        found = {}
+        for row in ROWS:
+            path = _chosen_dir(world, row, chosen["chosen"]) / "result.json"
+            if path.exists():
+                found[row] = json.loads(path.read_text())
+        runs[noise][seed] = found
+    return chosen, runs
+
+
+def summarise(work: Path) -> dict[str, Any]:
+    chosen, runs = load(work)
+    out: dict[str, Any] = {"chosen": chosen, "noise": {}}
+    seconds = 0.0
+    for result in work.rglob("result.json"):
+        seconds += float(json.loads(result.read_text()).get("seconds", 0.0))
+    out["job_seconds"] = round(seconds, 1)
+    for noise, seeds in sorted(runs.items()):
+        table, diffs, partition, gains = {}, {}, {}, {}
+        for row in ROWS:
+            done = [s for s, r in seeds.items() if row in r]
+            if done:
+                table[row] = {k: interval([100 * seeds[s][row]["test"][k] for s in done]) for k in KEYS}
+                table[row]["seeds"] = sorted(done)
+        for a, b in PAIRS:
+            both = sorted(s for s, r in seeds.items() if a in r and b in r)
+            if len(both) > 1:
+                diffs[f"{a} - {b}"] = {k: paired([100 * seeds[s][a]["test"][k] for s in both],
+                                                 [100 * seeds[s][b]["test"][k] for s in both]) for k in KEYS}  # fmt: skip
+        for row in ("uniform", "weighted", "rescaled", "crossfit"):
+            records = [seeds[s][row]["partition"] for s in seeds if row in seeds[s]]
+            if records:
+                partition[row] = partition_summary(records)
+                gains[row] = group_gains([(seeds[s]["baseline"], seeds[s][row]) for s in seeds if row in seeds[s]],
+                                         work, noise, [s for s in seeds if row in seeds[s]])  # fmt: skip
+        out["noise"][str(noise)] = {"test": table, "paired": diffs, "partition": partition, "group_gains": gains}
+    return out
+
+
+def partition_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sub-epoch, over seeds: group sizes, the noisy group's precision and recall (means)."""
+    epochs = []
+    for e in range(min(len(r["epochs"]) for r in records)):
+        rows = [r["epochs"][e] for r in records]
+
+        def mean(key: str, rows: list[dict[str, Any]] = rows) -> float | None:
+            values = [x[key] for x in rows if x[key] is not None]
+            return round(float(np.mean(values)), 3) if values else None
+
+        hit = sum(x["noisy_corrupted"] for x in rows)
+        epochs.append({"subepoch": e, **{f"{g}_count": mean(f"{g}_count") for g in GROUPS},
+                       "corrupted": mean("corrupted"), "teacher_rank1": mean("teacher_rank1"),
+                       "precision_pooled": round(hit / max(1, sum(x["noisy_count"] for x in rows)), 3),
+                       "recall_pooled": round(hit / max(1, sum(x["corrupted"] for x in rows)), 3),
+                       "precision_mean": mean("precision"), "recall_mean": mean("recall")})  # fmt: skip
+    return epochs
+
+
+def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, noise: float,
+                seeds: list[int]) -> dict[str, Any]:  # fmt: skip
+    """Training-query R@1 of baseline and student per (first sub-epoch) group and condition, pooled over seeds."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])  # n, baseline hits, student hits
+    for (baseline, student), seed in zip(pairs, seeds):
+        manifest = json.loads((work / f"noise{noise}_seed{seed}" / "world" / "manifest.json").read_text())
+        condition = {}
+        for m in manifest["images"]:
+            if m["split"] == "train" and m["role"] == "queries":
+                c = m["condition"]
+                condition[Path(m["path"]).name] = "fog" if c.get("fog", 0) > 0 else c["illumination"]
+        for name, group in student["partition"]["first_groups"].items():
+            for cond in (condition[name], "all"):
+                cell = counts[(GROUPS[group], cond)]
+                cell[0] += 1
+                cell[1] += int(baseline["train_ranks"][name] == 1)
+                cell[2] += int(student["train_ranks"][name] == 1)
+    out: dict[str, Any] = {}
+    for (group, cond), (n, b, s) in sorted(counts.items()):
+        out.setdefault(group, {})[cond] = {"n": n, "baseline": round(100 * b / n, 1), "student": round(100 * s / n, 1),
+                                           "gain": round(100 * (s - b) / n, 1)}  # fmt: skip
+    return out
+
+
+def _fmt(x: dict[str, Any]) -> str:
+    return f"{x['mean']:.1f} ± {x['ci95']:.1f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = []
+    chosen = summary["chosen"]
+    lines += [f"### Settings chosen on val (noise {chosen['tune_noise']}, seeds {chosen['tune_seeds']})", "",
+              "| variant | lambda | tau | alpha |", "|---|---|---|---|"]  # fmt: skip
+    for variant, s in chosen["chosen"].items():
+        lines.append(f"| {variant} | {s['distill_weight']:g} | {s['tau']} | {s['alpha']:g} |")
+    lines += ["", "Val R@1 (mean over the tuning seeds) along each factor, the others at the centre "
+              f"{chosen['centre']}:", "", "| variant | factor | " + " | ".join(["value: val R@1"] * 3) + " |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for variant, factors in chosen["val_curves"].items():
+        for factor, curve in factors.items():
+            cells = [f"{v}: {c['mean']:.1f}" for v, c in curve.items()]
+            lines.append(f"| {variant} | {factor} | " + " | ".join(cells) + " |")
+    for noise, block in summary["noise"].items():
+        lines += ["", f"### Label noise {noise}: test split, mean ± 95% CI over seeds", "",
+                  "| model | seeds | R@1 | R@5 | R@10 |", "|---|---|---|---|---|"]  # fmt: skip
+        for row, vals in block["test"].items():
+            lines.append(f"| {row} | {len(vals['seeds'])} | " + " | ".join(_fmt(vals[k]) for k in KEYS) + " |")
+        lines += ["", "| paired difference | R@1 | wins/losses/ties | sign p | R@5 | R@10 |", "|---|---|---|---|---|---|"]
+        for pair, vals in block["paired"].items():
+            r1 = vals["R@1"]
+            lines.append(f"| {pair} | {_fmt(r1)} | {r1['wins']}/{r1['losses']}/{r1['ties']} | {r1['sign_p']:.3f} | "
+                         f"{_fmt(vals['R@5'])} | {_fmt(vals['R@10'])} |")  # fmt: skip
+        for row, epochs in block["partition"].items():
+            lines += ["", f"Partition of the `{row}` run per sub-epoch (means over seeds; precision and recall of the "
+                      "noisy group against the manifest's corrupted training queries, pooled over seeds):", "",
+                      "| sub-epoch | noisy | teachable | consistent | corrupted | r_T = 1 | precision | recall |",
+                      "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            for e in epochs:
+                lines.append(f"| {e['subepoch']} | {e['noisy_count']} | {e['teachable_count']} | {e['consistent_count']} "
+                             f"| {e['corrupted']} | {e['teacher_rank1']} | {e['precision_pooled']} | "
+                             f"{e['recall_pooled']} |")  # fmt: skip
+        for row, gains in block["group_gains"].items():
+            lines += ["", f"Training-query R@1 gain, baseline -> `{row}` student, by first-sub-epoch group and "
+                      "condition (pooled over seeds; n queries in brackets):", "",
+                      "| group | " + " | ".join([*CONDITIONS, "all"]) + " |", "|---|---|---|---|---|---|"]  # fmt: skip
+            for group in GROUPS:
+                cells = []
+                for cond in (*CONDITIONS, "all"):
+                    c = gains.get(group, {}).get(cond)
+                    cells.append(f"{c['gain']:+.1f} ({c['n']})" if c else "-")
+                lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(work: Path, out: Path) -> dict[str, Any]:
+    summary = summarise(work)
+    wall = work / "wall_seconds.json"
+    if wall.exists():
+        summary["wall"] = json.loads(wall.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out.with_suffix(".json"))
+    out.with_suffix(".md").write_text(markdown(summary))
+    print(markdown(summary))
+    return summary
