@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--work", default="runs/demo_seeds", type=Path)
     parser.add_argument("--out", default="benchmarks/results/demo_seeds.json", type=Path)
+    parser.add_argument("--collect", action="store_true", help="train nothing: summarise the finished seeds")
     ns = parser.parse_args()
     runs = {}
     start = time.perf_counter()
@@ -31,6 +32,8 @@ def main() -> None:
         out = ns.work / f"seed{seed}"
         if (out / "results.json").exists():  # resumable: a finished seed is kept
             runs[seed] = json.loads((out / "results.json").read_text())
+            continue
+        if ns.collect:
             continue
         overrides = [f"--data.init_args.root={ns.work / f'world{seed}'}", f"--data.init_args.synthetic_seed={seed}",
                      f"--data.init_args.seed={seed}", f"--seed_everything={seed}", "--trainer.logger=false",
@@ -42,7 +45,8 @@ def main() -> None:
     report = {"what": "structvpr demo, world and training seed S, demo configs", "seeds": sorted(runs),
               "summary_mean_ci95": summary, "minutes": round((time.perf_counter() - start) / 60, 1),
               "runs": {str(s): r["results"] for s, r in runs.items()}}  # fmt: skip
-    ns.out.write_text(json.dumps(report, indent=1))
+    if ns.collect or len(runs) == len(ns.seeds):
+        ns.out.write_text(json.dumps(report, indent=1))
     for row, vals in summary.items():
         print(row, {k: f"{v['mean']:.1f} +- {v['ci95']:.1f}" for k, v in vals.items()})
 

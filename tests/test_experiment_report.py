@@ -76,7 +76,7 @@ def test_group_gains_pool_training_query_hits_by_group_and_condition(tmp_path):
 def test_grid_moves_one_factor_at_a_time_around_the_centre():
     settings = experiment.grid_settings("weighted")
     assert settings[0] == experiment.CENTRE
-    assert len(settings) == 1 + 2 + 2 + 2  # lambda, tau, alpha: the centre value counted once
+    assert len(settings) == 1 + 3 + 2 + 2  # lambda, tau, alpha: the centre value counted once
     assert all(sum(s[k] != experiment.CENTRE[k] for k in s) <= 1 for s in settings)
     assert experiment.grid_settings("uniform") == [{**experiment.CENTRE, "distill_weight": v}
-                                                   for v in (30.0, 10.0, 100.0)]  # fmt: skip
+                                                   for v in (30.0, 3.0, 10.0, 100.0)]  # fmt: skip
