@@ -85,6 +85,9 @@ def summarise(work: Path) -> dict[str, Any]:
             records = [seeds[s][row]["partition"] for s in seeds if row in seeds[s]]
             if records:
                 partition[row] = partition_summary(records)
+                partition[f"{row}_by_corruption"] = noisy_by_corruption(
+                    [seeds[s][row] for s in seeds if row in seeds[s]], work, noise,
+                    [s for s in seeds if row in seeds[s]])  # fmt: skip
                 gains[row] = group_gains([(seeds[s]["baseline"], seeds[s][row]) for s in seeds if row in seeds[s]],
                                          work, noise, [s for s in seeds if row in seeds[s]])  # fmt: skip
         out["noise"][str(noise)] = {"test": table, "paired": diffs, "partition": partition, "group_gains": gains}
@@ -102,12 +105,27 @@ def partition_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return round(float(np.mean(values)), 3) if values else None
 
         hit = sum(x["noisy_corrupted"] for x in rows)
+        noisy, corrupted = sum(x["noisy_count"] for x in rows), sum(x["corrupted"] for x in rows)
         epochs.append({"subepoch": e, **{f"{g}_count": mean(f"{g}_count") for g in GROUPS},
                        "corrupted": mean("corrupted"), "teacher_rank1": mean("teacher_rank1"),
-                       "precision_pooled": round(hit / max(1, sum(x["noisy_count"] for x in rows)), 3),
-                       "recall_pooled": round(hit / max(1, sum(x["corrupted"] for x in rows)), 3),
+                       "precision_pooled": round(hit / noisy, 3) if noisy else None,
+                       "recall_pooled": round(hit / corrupted, 3) if corrupted else None,
                        "precision_mean": mean("precision"), "recall_mean": mean("recall")})  # fmt: skip
     return epochs
+
+
+def noisy_by_corruption(results: list[dict[str, Any]], work: Path, noise: float,
+                        seeds: list[int]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per corruption kind (and clean maps): training queries, and the share in the noisy group (pooled)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for result, seed in zip(results, seeds):
+        manifest = json.loads((work / f"noise{noise}_seed{seed}" / "world" / "manifest.json").read_text())
+        kind = {Path(m["path"]).name: m["label_corruption"] or "clean" for m in manifest["images"]
+                if m["split"] == "train" and m["role"] == "queries"}  # fmt: skip
+        for name, group in result["partition"]["first_groups"].items():
+            counts[kind[name]][0] += 1
+            counts[kind[name]][1] += int(group == 0)
+    return {k: {"n": n, "noisy": round(100 * m / n, 1)} for k, (n, m) in sorted(counts.items())}
 
 
 def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, noise: float,
@@ -132,6 +150,10 @@ def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, 
         out.setdefault(group, {})[cond] = {"n": n, "baseline": round(100 * b / n, 1), "student": round(100 * s / n, 1),
                                            "gain": round(100 * (s - b) / n, 1)}  # fmt: skip
     return out
+
+
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _fmt(x: dict[str, Any]) -> str:
@@ -162,15 +184,26 @@ def markdown(summary: dict[str, Any]) -> str:
             r1 = vals["R@1"]
             lines.append(f"| {pair} | {_fmt(r1)} | {r1['wins']}/{r1['losses']}/{r1['ties']} | {r1['sign_p']:.3f} | "
                          f"{_fmt(vals['R@5'])} | {_fmt(vals['R@10'])} |")  # fmt: skip
+        kinds = {row[: -len("_by_corruption")]: v for row, v in block["partition"].items() if row.endswith("_by_corruption")}
+        if kinds:
+            names = sorted({k for v in kinds.values() for k in v})
+            lines += ["", "Share of each kind of label map put in the noisy group (%, pooled over seeds; n training "
+                      "queries in brackets):", "", "| run | " + " | ".join(names) + " |",
+                      "|---|" + "---|" * len(names)]  # fmt: skip
+            for row, v in kinds.items():
+                cells = [f"{v[k]['noisy']:.0f} ({v[k]['n']})" if k in v else "-" for k in names]
+                lines.append(f"| {row} | " + " | ".join(cells) + " |")
         for row, epochs in block["partition"].items():
+            if row.endswith("_by_corruption"):
+                continue
             lines += ["", f"Partition of the `{row}` run per sub-epoch (means over seeds; precision and recall of the "
                       "noisy group against the manifest's corrupted training queries, pooled over seeds):", "",
                       "| sub-epoch | noisy | teachable | consistent | corrupted | r_T = 1 | precision | recall |",
                       "|---|---|---|---|---|---|---|---|"]  # fmt: skip
             for e in epochs:
                 lines.append(f"| {e['subepoch']} | {e['noisy_count']} | {e['teachable_count']} | {e['consistent_count']} "
-                             f"| {e['corrupted']} | {e['teacher_rank1']} | {e['precision_pooled']} | "
-                             f"{e['recall_pooled']} |")  # fmt: skip
+                             f"| {e['corrupted']} | {e['teacher_rank1']} | {_opt(e['precision_pooled'])} | "
+                             f"{_opt(e['recall_pooled'])} |")  # fmt: skip
         for row, gains in block["group_gains"].items():
             lines += ["", f"Training-query R@1 gain, baseline -> `{row}` student, by first-sub-epoch group and "
                       "condition (pooled over seeds; n queries in brackets):", "",
