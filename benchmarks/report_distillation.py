@@ -163,16 +163,17 @@ def _fmt(x: dict[str, Any]) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     lines = []
     chosen = summary["chosen"]
+    width = max(len(curve) for factors in chosen["val_curves"].values() for curve in factors.values())
     lines += [f"### Settings chosen on val (noise {chosen['tune_noise']}, seeds {chosen['tune_seeds']})", "",
               "| variant | lambda | tau | alpha |", "|---|---|---|---|"]  # fmt: skip
     for variant, s in chosen["chosen"].items():
         lines.append(f"| {variant} | {s['distill_weight']:g} | {s['tau']} | {s['alpha']:g} |")
     lines += ["", "Val R@1 (mean over the tuning seeds) along each factor, the others at the centre "
-              f"{chosen['centre']}:", "", "| variant | factor | " + " | ".join(["value: val R@1"] * 3) + " |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              f"{chosen['centre']}:", "", "| variant | factor | " + " | ".join(["value: val R@1"] * width) + " |",
+              "|---|---|" + "---|" * width]  # fmt: skip
     for variant, factors in chosen["val_curves"].items():
         for factor, curve in factors.items():
-            cells = [f"{v}: {c['mean']:.1f}" for v, c in curve.items()]
+            cells = [f"{v}: {c['mean']:.1f}" for v, c in curve.items()] + [""] * (width - len(curve))
             lines.append(f"| {variant} | {factor} | " + " | ".join(cells) + " |")
     for noise, block in summary["noise"].items():
         lines += ["", f"### Label noise {noise}: test split, mean ± 95% CI over seeds", "",
