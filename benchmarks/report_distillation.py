@@ -76,6 +76,7 @@ def summarise(work: Path) -> dict[str, Any]:
             if done:
                 table[row] = {k: interval([100 * seeds[s][row]["test"][k] for s in done]) for k in KEYS}
                 table[row]["seeds"] = sorted(done)
+                table[row]["R@1_per_seed"] = [round(100 * seeds[s][row]["test"]["R@1"], 2) for s in sorted(done)]
         for a, b in PAIRS:
             both = sorted(s for s, r in seeds.items() if a in r and b in r)
             if len(both) > 1:
