@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from report_distillation import training_queries, write_report
 
 from structvpr.data import synthetic
 from structvpr.pipeline import best_checkpoint, fit_stage, test_stage
@@ -176,19 +177,6 @@ def distill_config(out: Path, variant: str, setting: dict[str, Any], crossfit: l
     return path
 
 
-def corrupted_training_queries(root: Path) -> dict[str, dict[str, Any]]:
-    """File name -> {corrupted, corruption, condition} of every training query, from the world's manifest."""
-    manifest = read_json(root / "manifest.json")
-    out = {}
-    for m in manifest["images"]:
-        if m["split"] == "train" and m["role"] == "queries":
-            cond = m["condition"]
-            out[Path(m["path"]).name] = {"corrupted": m["label_corruption"] is not None,
-                                         "corruption": m["label_corruption"],
-                                         "condition": "fog" if cond.get("fog", 0) > 0 else cond["illumination"]}  # fmt: skip
-    return out
-
-
 def partition_record(history: list[dict[str, Any]], names: list[str], truth: dict[str, dict[str, Any]],
                      tau: int) -> dict[str, Any]:  # fmt: skip
     """Per sub-epoch: group sizes and the noisy group's precision and recall against the manifest."""
@@ -231,7 +219,7 @@ def run_variant(work: Path, noise: float, seed: int, variant: str, setting: dict
     weighting = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SampleWeighting")
     bank = cli.datamodule.training_tuples.bank
     names = [Path(r.path).name for r in bank.records]
-    truth = corrupted_training_queries(root)
+    truth = training_queries(root)
     result = {
         "variant": variant, "setting": setting, "val_best": val_best(cli),
         "test": test_stage(CONFIGS / "baseline.yaml", str(exporter.path), out / "test", data_args(root, seed)),
@@ -329,8 +317,6 @@ def main() -> None:
             run_base(ns.work, job[0], job[1])
             run_variant(ns.work, *job)
     else:
-        from report_distillation import write_report
-
         write_report(ns.work, ns.out)
 
 

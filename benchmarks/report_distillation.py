@@ -39,6 +39,18 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     return {**interval(d), "wins": wins, "losses": losses, "ties": len(d) - wins - losses, "sign_p": round(p, 3)}
 
 
+def training_queries(root: Path) -> dict[str, dict[str, Any]]:
+    """File name -> ``corrupted``, ``corruption`` (kind or "clean") and ``condition`` of every
+    training query, from a world's ``manifest.json`` (fog counts as its own condition)."""
+    out = {}
+    for m in json.loads((root / "manifest.json").read_text())["images"]:
+        if m["split"] == "train" and m["role"] == "queries":
+            c, kind = m["condition"], m.get("label_corruption")
+            out[Path(m["path"]).name] = {"corrupted": kind is not None, "corruption": kind or "clean",
+                                         "condition": "fog" if c.get("fog", 0) > 0 else c["illumination"]}  # fmt: skip
+    return out
+
+
 def _chosen_dir(world: Path, row: str, chosen: dict[str, Any]) -> Path:
     if row in ("teacher", "baseline"):
         return world / row
@@ -120,12 +132,10 @@ def noisy_by_corruption(results: list[dict[str, Any]], work: Path, noise: float,
     """Per corruption kind (and clean maps): training queries, and the share in the noisy group (pooled)."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for result, seed in zip(results, seeds):
-        manifest = json.loads((work / f"noise{noise}_seed{seed}" / "world" / "manifest.json").read_text())
-        kind = {Path(m["path"]).name: m["label_corruption"] or "clean" for m in manifest["images"]
-                if m["split"] == "train" and m["role"] == "queries"}  # fmt: skip
+        facts = training_queries(work / f"noise{noise}_seed{seed}" / "world")
         for name, group in result["partition"]["first_groups"].items():
-            counts[kind[name]][0] += 1
-            counts[kind[name]][1] += int(group == 0)
+            counts[facts[name]["corruption"]][0] += 1
+            counts[facts[name]["corruption"]][1] += int(group == 0)
     return {k: {"n": n, "noisy": round(100 * m / n, 1)} for k, (n, m) in sorted(counts.items())}
 
 
@@ -134,14 +144,9 @@ def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, 
     """Training-query R@1 of baseline and student per (first sub-epoch) group and condition, pooled over seeds."""
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])  # n, baseline hits, student hits
     for (baseline, student), seed in zip(pairs, seeds):
-        manifest = json.loads((work / f"noise{noise}_seed{seed}" / "world" / "manifest.json").read_text())
-        condition = {}
-        for m in manifest["images"]:
-            if m["split"] == "train" and m["role"] == "queries":
-                c = m["condition"]
-                condition[Path(m["path"]).name] = "fog" if c.get("fog", 0) > 0 else c["illumination"]
+        facts = training_queries(work / f"noise{noise}_seed{seed}" / "world")
         for name, group in student["partition"]["first_groups"].items():
-            for cond in (condition[name], "all"):
+            for cond in (facts[name]["condition"], "all"):
                 cell = counts[(GROUPS[group], cond)]
                 cell[0] += 1
                 cell[1] += int(baseline["train_ranks"][name] == 1)

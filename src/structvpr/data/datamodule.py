@@ -198,11 +198,11 @@ class VPRDataModule(pl.LightningDataModule):
         if generated and not self.root.exists():
             synthetic.generate(self.root, hp.synthetic_preset, hp.synthetic_seed, label_noise=hp.synthetic_label_noise)
 
-    def _images(self, split: str, train_transform: bool = False, share: ImageDataset | None = None) -> ImageDataset:
-        hp = self.hp
-        return self._dataset(read_split(self.root, split, "database", require_labels=hp.with_labels),
-                             read_split(self.root, split, "queries", require_labels=hp.with_labels),
-                             train_transform, share)  # fmt: skip
+    def _split(self, split: str) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """Database and query records of a VG split folder."""
+        labels = self.hp.with_labels
+        return (read_split(self.root, split, "database", require_labels=labels),
+                read_split(self.root, split, "queries", require_labels=labels))  # fmt: skip
 
     def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
                  share: ImageDataset | None = None) -> ImageDataset:  # fmt: skip
@@ -221,7 +221,7 @@ class VPRDataModule(pl.LightningDataModule):
 
     def _eval_set(self, stage: str, benchmark: str | None, split: str) -> ImageDataset:
         if benchmark is None:
-            dataset = self._images(split)
+            dataset = self._dataset(*self._split(split))
         else:
             manifest = self._named(benchmark)
             self.protocols[stage] = manifest
@@ -237,12 +237,13 @@ class VPRDataModule(pl.LightningDataModule):
         hp = self.hp
         if stage in ("fit", None) and self.train_dataset is None:
             if hp.train_benchmark is None:
-                self.train_images = self._images("train")
+                database, queries = self._split("train")
             else:
                 manifest = self._named(hp.train_benchmark)
-                self.train_images = self._dataset(manifest.database, manifest.queries)
+                database, queries = manifest.database, manifest.queries
             if hp.held_out_fold is not None:
-                self.train_images = self._without_fold(self.train_images, hp.query_folds, hp.held_out_fold)
+                queries = self._without_fold(queries, hp.query_folds, hp.held_out_fold)
+            self.train_images = self._dataset(database, queries)
             bank = self._dataset(self.train_images.records[: self.train_images.num_database],
                                  self.train_images.records[self.train_images.num_database :],
                                  train_transform=True, share=self.train_images)  # fmt: skip
@@ -271,12 +272,12 @@ class VPRDataModule(pl.LightningDataModule):
             else:
                 self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
 
-    def _without_fold(self, images: ImageDataset, folds: int, fold: int) -> ImageDataset:
-        records, n_db = images.records, images.num_database
-        keep = [r for r, f in zip(records[n_db:], query_fold(np.arange(len(records) - n_db), folds)) if f != fold]
+    @staticmethod
+    def _without_fold(queries: list[ImageRecord], folds: int, fold: int) -> list[ImageRecord]:
+        keep = [r for r, f in zip(queries, query_fold(np.arange(len(queries)), folds)) if f != fold]
         if not keep:
             raise ValueError(f"held_out_fold={fold} of query_folds={folds} leaves no training query")
-        return self._dataset(records[:n_db], keep)
+        return keep
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader[Any]:
         workers = self.hp.num_workers
