@@ -28,3 +28,12 @@ def test_weighted_mean():
     v = torch.tensor([1.0, 2.0, 3.0])
     assert weighted_mean(v).item() == pytest.approx(2.0)
     assert weighted_mean(v, torch.tensor([0.0, 1.0, 0.5])).item() == pytest.approx((2 + 1.5) / 3)
+
+
+def test_distillation_loss_weights_each_image_of_a_tuple():
+    s = torch.zeros(2, 3, 2)
+    t = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], [[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]]])
+    # squared distances per image: [1, 4, 2] and [0, 9, 1]
+    assert distillation_loss(s, t).tolist() == pytest.approx([7 / 3, 10 / 3])
+    v = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.0, 1.0]])
+    assert distillation_loss(s, t, v).tolist() == pytest.approx([5 / 3, 1 / 3])

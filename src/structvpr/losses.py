@@ -32,18 +32,24 @@ def triplet_margin_loss(query: torch.Tensor, positive: torch.Tensor, negatives: 
     return (d_pos - d_neg + margin).clamp(min=0).sum(dim=1)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
+                      image_weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Squared L2 distance between student and (detached) teacher descriptors.
 
     Args:
         student: ``(B, n, D)`` student descriptors of the n images of each tuple.
         teacher: ``(B, n, D)`` teacher descriptors of their label maps.
+        image_weights: Optional ``(B, n)`` weight of every image's term (the per-image unit of
+            :class:`~structvpr.callbacks.SampleWeighting`); all ones without it.
 
     Returns:
-        ``(B,)`` mean over the tuple's images of ``|s_i - t_i|^2``.
+        ``(B,)`` mean over the tuple's images of ``v_i |s_i - t_i|^2``.
 
     """
-    return (student - teacher.detach()).pow(2).sum(-1).mean(-1)
+    per_image = (student - teacher.detach()).pow(2).sum(-1)
+    if image_weights is not None:
+        per_image = per_image * image_weights.to(per_image)
+    return per_image.mean(-1)
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

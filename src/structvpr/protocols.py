@@ -102,6 +102,13 @@ class DistillationTask(DescriptorTask, Protocol):
 
 
 @runtime_checkable
+class ImageWeightedTask(DistillationTask, Protocol):
+    """A distillation task that also takes one weight per training-bank image (``SampleWeighting(unit='image')``)."""
+
+    def set_image_weights(self, ids: torch.Tensor, weights: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
 class ExportsStudent(Protocol):
     """A task that writes a plain student checkpoint (used by :class:`~structvpr.callbacks.ExportStudent`)."""
 

@@ -94,3 +94,74 @@ def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world
           f"noisy {int((groups_s == NOISY).sum())} sampled vs {int((groups_g == NOISY).sum())} global")
     assert agreement >= 0.5
     assert np.isin(groups_s.numpy(), [NOISY, TEACHABLE, CONSISTENT]).all()
+
+
+def test_per_image_unit_needs_subepoch_ranks_without_fold_teachers():
+    with pytest.raises(ValueError, match="unit must be 'query' or 'image'"):
+        SampleWeighting(unit="tuple")
+    with pytest.raises(ValueError, match="needs ranks='subepoch' and no crossfit_teachers"):
+        SampleWeighting(unit="image", ranks="global")
+    with pytest.raises(ValueError, match="needs ranks='subepoch' and no crossfit_teachers"):
+        SampleWeighting(unit="image", crossfit_teachers=["a.ckpt", "b.ckpt"])
+
+
+def test_positions_of_ids_in_a_database_known_answer():
+    import numpy as np
+
+    from structvpr.callbacks.weighting import _positions
+
+    database = np.array([7, 2, 9, 4])
+    assert _positions(database, np.array([2, 4, 5, 9, 7, 30])).tolist() == [1, 3, -1, 2, 0, -1]
+    assert _positions(np.zeros(0, dtype=np.int64), np.array([1, 2])).tolist() == [-1, -1]
+
+
+def test_per_image_weights_rank_every_tuple_image_without_itself(trained, tiny_world, tmp_path):
+    """unit='image': each image of the sub-epoch's tuples, database images included, gets the weight
+    of its own ranks over the sub-epoch's database set without itself (brute-force numpy ranking)."""
+    import numpy as np
+    import pytorch_lightning as pl
+
+    from structvpr.callbacks import HardNegativeMining
+    from structvpr.tasks import StructVPRDistillation
+    from tests.tasks.helpers import _dm, _trainer
+
+    def brute_ranks(desc, ids, database, utm, max_rank=100, radius=25.0):
+        out = []
+        for i in ids:
+            others = database[database != i]
+            d = ((desc[others] - desc[i]) ** 2).sum(1)
+            order = others[np.argsort(d, kind="stable")][:max_rank]
+            hit = np.flatnonzero(np.linalg.norm(utm[order] - utm[i], axis=1) <= radius)
+            out.append(int(hit[0]) + 1 if len(hit) else max_rank + 1)
+        return np.array(out)
+
+    class Check(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):  # after mining and weighting
+            dm, ds = trainer.datamodule, trainer.datamodule.train_dataset
+            table = ds.tuples.numpy()
+            ids = np.union1d(table[:, 1:].ravel(), ds.query_image_index(table[:, 0]))
+            utm, database = ds.utm.numpy().astype(np.float64), ds.subepoch_database
+            ranks = {}
+            for name, encoder, key in (("student", pl_module.encoder, "image"), ("teacher", pl_module.teacher, "label")):
+                desc = pl_module.encode_loader(dm.train_images_dataloader(None, key), encoder, key).numpy()
+                ranks[name] = brute_ranks(desc.astype(np.float64), ids, database, utm)
+            self.ids, self.ranks = ids, ranks
+            self.image_weights = pl_module.image_weights.clone()
+            self.sample_weights = pl_module.sample_weights.clone()
+            self.num_database = ds.num_database
+
+    weighting, check = SampleWeighting(unit="image", tau=2), Check()
+    model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
+    _trainer(tmp_path, callbacks=[HardNegativeMining(cache_negatives=4), weighting, check], enable_checkpointing=False,
+             limit_val_batches=0).fit(model, datamodule=_dm(tiny_world, cache_queries=12))  # fmt: skip
+    h = weighting.history[0]
+    assert h["image_ids"].tolist() == check.ids.tolist()
+    assert (check.ids < check.num_database).sum() > 0  # database images are weighted too
+    assert h["student_ranks"].tolist() == check.ranks["student"].tolist()
+    assert h["teacher_ranks"].tolist() == check.ranks["teacher"].tolist()
+    want = mean_one(sample_weights(torch.from_numpy(check.ranks["teacher"]), torch.from_numpy(check.ranks["student"]),
+                                   tau=2))  # fmt: skip
+    assert check.image_weights[torch.from_numpy(check.ids)].tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    others = np.setdiff1d(np.arange(len(check.image_weights)), check.ids)
+    assert (check.image_weights[torch.from_numpy(others)] == 1).all()
+    assert (check.sample_weights == 1).all()  # the per-query weights stay 1 in this unit

@@ -169,3 +169,23 @@ def test_grouped_metric_matches_functional(tmp_path):
     got = {k: float(v) for k, v in metric.compute().items()}
     assert got == recall_at_n(qs, db, ns=(1, 2, 5), positives=positives, database_groups=groups)
     assert got["R@5"] == 1.0  # only five panoramas: every query finds its own within 5 distinct ones
+
+
+def test_first_positive_rank_can_leave_each_query_itself_out():
+    # a database image ranked against the rest: without exclude it finds itself at rank 1
+    db = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    utm = np.array([[0.0, 0.0], [10.0, 0.0], [5.0, 0.0], [200.0, 0.0]])
+    queries = db[[0, 2]]
+    plain, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm)
+    assert plain.tolist() == [1, 1]
+    left_out, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm,
+                                      exclude=np.array([0, 2]))  # fmt: skip
+    # image 0 without itself retrieves 1, 3, 2 (1 is 10 m away: rank 1); image 2 retrieves 3, 1, 0 (rank 2)
+    assert left_out.tolist() == [1, 2]
+    none_out, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm,
+                                      exclude=np.array([-1, -1]))  # fmt: skip
+    assert none_out.tolist() == [1, 1]
+    # the left-out item does not use up the search depth: max_rank 1 still finds image 1 for image 0
+    shallow, _ = first_positive_rank(queries, db, 1, query_utm=utm[[0, 2]], database_utm=utm,
+                                     exclude=np.array([0, 2]))  # fmt: skip
+    assert shallow.tolist() == [1, 2]

@@ -308,3 +308,43 @@ def test_crossfit_teachers_rank_exactly_the_queries_they_never_trained_on(traine
 def test_crossfit_needs_two_teachers():
     with pytest.raises(ValueError, match="at least 2 checkpoints"):
         SampleWeighting(crossfit_teachers=["one.ckpt"])
+
+
+def test_self_distillation_control_distils_an_rgb_teacher_on_the_rgb_images(trained, tiny_world, tmp_path):
+    """teacher_input='image': the teacher is a StructVPRStudent (here the baseline itself) whose targets
+    are its own descriptors of the tuple's RGB images, cached and online alike; it reloads from its checkpoint."""
+    import numpy as np
+
+    from structvpr.tasks import StructVPRDistillation, StructVPRStudent
+
+    baseline = StructVPRStudent.load_from_checkpoint(trained["baseline"], map_location="cpu", weights_only=True)
+    with pytest.raises(TypeError, match="SegTeacher|StructVPRStudent"):
+        StructVPRDistillation(teacher_ckpt=trained["baseline"])  # an RGB checkpoint is no label-map teacher
+    seen = {}
+
+    class Targets(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                images = batch["image"].flatten(0, 1)
+                with torch.no_grad():
+                    want = baseline.encoder.eval().pooled(images).view(*batch["image"].shape[:2], -1)
+                pl_module.teacher_cached = False
+                seen["online"] = (pl_module.teacher_targets(batch) - want).abs().max().item()
+                pl_module.teacher_cached = True
+                ids = batch["image_index"].flatten().numpy()
+                ds = trainer.datamodule.train_dataset
+                plain = pl_module.encode_loader(trainer.datamodule.train_images_dataloader(ids, "image"),
+                                                baseline.encoder, "image")  # fmt: skip
+                seen["cached"] = (pl_module.teacher_targets(batch).flatten(0, 1) - plain).abs().max().item()
+                seen["n"] = len(np.unique(ids)), ds.num_database
+
+    model = StructVPRDistillation(teacher_ckpt=trained["baseline"], student_ckpt=trained["baseline"],
+                                  teacher_input="image")  # fmt: skip
+    trainer = _trainer(tmp_path, callbacks=[HardNegativeMining(), Targets()], limit_val_batches=0)
+    trainer.fit(model, datamodule=_dm(tiny_world, augment=False))
+    assert seen["online"] < 1e-5 and seen["cached"] < 1e-5
+    trainer.save_checkpoint(tmp_path / "self.ckpt")
+    again = StructVPRDistillation.load_from_checkpoint(tmp_path / "self.ckpt", map_location="cpu", weights_only=True)
+    assert again.teacher_key == "image"
+    saved, trained_teacher = again.teacher.state_dict(), model.teacher.state_dict()
+    assert saved.keys() == trained_teacher.keys() and all(torch.equal(saved[k], trained_teacher[k]) for k in saved)

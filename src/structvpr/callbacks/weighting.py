@@ -1,4 +1,4 @@
-"""StructVPR's sample weighting: partition training queries by teacher and student ranks."""
+"""StructVPR's sample weighting: partition training queries (or images) by teacher and student ranks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from structvpr.metrics.recall import first_positive_rank
-from structvpr.protocols import DistillationTask, TrainingData, TupleTable, datamodule_of
+from structvpr.protocols import DistillationTask, ImageWeightedTask, TrainingData, TupleTable, datamodule_of
 from structvpr.retrieval.search import Backend
 from structvpr.utils.memory import check_memory
 
@@ -76,6 +76,16 @@ class SampleWeighting(pl.Callback):
     (``sample_weights``, saved with its state dict); this callback computes them and keeps the
     ranks, and every sub-epoch's queries, ranks and weights in :attr:`history` for analysis.
 
+    ``unit`` says what a weight belongs to. ``query`` (the paper's form) weights a tuple's
+    whole distillation term by its query's weight. ``image`` weights every image of the
+    sub-epoch's tuples by its own ranks, so that a corrupted *database* label map (a tuple
+    holds one query and ``1 + M`` database images) can be reached too: each image of the
+    tuples is ranked as a query over the sub-epoch's database set without itself, its
+    positives being the other database images within ``radius``; the weights go to the
+    task's ``set_image_weights`` (needs ``ranks='subepoch'`` and no ``crossfit_teachers``:
+    the fold teachers share every database image). A query's per-image ranks equal its
+    per-query ones.
+
     A teacher ranks its own training queries almost always at 1 (it has learned exactly those
     label maps, corrupted ones included), so ``r_T`` then says little about whether its
     knowledge of a query is sound. ``crossfit_teachers`` takes ``r_T`` from teachers that never
@@ -97,12 +107,15 @@ class SampleWeighting(pl.Callback):
             it the weighted run distils ``mean(w)`` times less than the uniform one.
         crossfit_teachers: Checkpoints of ``K`` SegTeachers, the ``k``-th trained without fold
             ``k`` of the training queries (see above); None: the task's teacher ranks.
+        unit: ``query`` (one weight per tuple, from its query) or ``image`` (one weight per
+            image of the tuple; see above).
 
     """
 
     def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100,
                  ranks: Literal["subepoch", "global"] = "subepoch", radius: float = 25.0, uniform: bool = False,
-                 normalize: bool = True, crossfit_teachers: list[str] | None = None) -> None:  # fmt: skip
+                 normalize: bool = True, crossfit_teachers: list[str] | None = None,
+                 unit: Literal["query", "image"] = "query") -> None:  # fmt: skip
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if max_rank < tau:
@@ -114,14 +127,22 @@ class SampleWeighting(pl.Callback):
         self.tau, self.alpha, self.max_rank, self.ranks, self.radius = tau, alpha, max_rank, ranks, radius
         if crossfit_teachers is not None and len(crossfit_teachers) < 2:
             raise ValueError(f"crossfit_teachers needs at least 2 checkpoints (one per fold), got {crossfit_teachers}")
+        if unit not in ("query", "image"):
+            raise ValueError(f"unit must be 'query' or 'image', got {unit!r}")
+        if unit == "image" and (ranks != "subepoch" or crossfit_teachers is not None):
+            raise ValueError("unit='image' ranks every image over the sub-epoch's database set: it needs "
+                             "ranks='subepoch' and no crossfit_teachers")  # fmt: skip
+        self.unit = unit
         self.uniform, self.normalize = uniform, normalize
         self.crossfit_teachers = list(crossfit_teachers) if crossfit_teachers is not None else None
         #: Per weighted sub-epoch: ``subepoch``, ``queries`` (training-query indices), ``image_ids``
-        #: (their bank ids), ``teacher_ranks``, ``student_ranks`` and ``weights`` (numpy arrays).
+        #: (the bank ids weighted: the queries', or with ``unit='image'`` every image of the
+        #: tuples), ``teacher_ranks``, ``student_ranks`` and ``weights`` (numpy arrays, one per id).
         #: Kept in memory for analysis, not in checkpoints.
         self.history: list[dict[str, Any]] = []
         self._fold_teachers: list[Any] = []
-        #: Ranks of every training query when it was last weighted (logging and state).
+        #: Ranks of every training query (``unit='image'``: every bank image) when it was last
+        #: weighted (logging and state).
         self.teacher_ranks: torch.Tensor | None = None
         self.student_ranks: torch.Tensor | None = None
         self.subepoch = -1
@@ -148,6 +169,9 @@ class SampleWeighting(pl.Callback):
         if not miners or miners[0] > callbacks.index(self):
             raise ValueError("SampleWeighting ranks each sub-epoch's mined set: put HardNegativeMining before it "
                              f"in trainer.callbacks (now: {names})")  # fmt: skip
+        if self.unit == "image" and not isinstance(pl_module, ImageWeightedTask):
+            raise TypeError(f"SampleWeighting(unit='image') needs a task satisfying structvpr.protocols."
+                            f"ImageWeightedTask (set_image_weights), got {type(pl_module).__name__}")  # fmt: skip
         self._data, self._task = data, pl_module
         if self.crossfit_teachers is not None and not self._fold_teachers:
             from structvpr.tasks.teacher import SegTeacher
@@ -162,53 +186,63 @@ class SampleWeighting(pl.Callback):
         task, dataset = self._task, self._data.training_tuples
         if dataset.subepoch == self.subepoch:
             return  # resumed inside this sub-epoch: the task's weights came back with its state dict
-        n = dataset.num_training_queries
+        n = dataset.num_training_queries if self.unit == "query" else len(dataset.utm)
         if self.teacher_ranks is None or len(self.teacher_ranks) != n:
             self.teacher_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
             self.student_ranks = torch.full((n,), self.max_rank + 1, dtype=torch.long)
         assert self.student_ranks is not None
         queries = dataset.tuples[:, 0].numpy()
-        q_ids = dataset.query_image_index(queries)
+        q_ids = np.asarray(dataset.query_image_index(queries))
         backend: Backend = getattr(task, "hparams", {}).get("search_backend", "auto")
+        exclude = None
         if self.ranks == "subepoch":
             database = dataset.subepoch_database
-            r_t = self._teacher_ranks(task, database, q_ids, dataset, backend)
+            if self.unit == "image":  # every image of the tuples, each ranked without itself
+                q_ids = np.union1d(dataset.tuples[:, 1:].numpy().ravel(), q_ids)
+                exclude = _positions(database, q_ids)
+            r_t = self._teacher_ranks(task, database, q_ids, dataset, backend, exclude)
         else:
             database = np.arange(dataset.num_database)
             if self._global_teacher_ranks is None:
                 self._global_teacher_ranks = self._global_teacher(task, dataset, backend, trainer)
             r_t = self._global_teacher_ranks[torch.from_numpy(queries)]
-        r_s = self._ranks(task.training_descriptors, database, q_ids, dataset, backend)
+        r_s = self._ranks(task.training_descriptors, database, q_ids, dataset, backend, exclude)
         weights = sample_weights(r_t, r_s, self.tau, self.alpha)
         if self.uniform:
             weights = torch.ones_like(weights)
         elif self.normalize:
             weights = mean_one(weights)
-        chosen = torch.from_numpy(queries)
+        chosen = torch.from_numpy(queries if self.unit == "query" else q_ids)
         self.teacher_ranks[chosen], self.student_ranks[chosen] = r_t, r_s
         weights = trainer.strategy.broadcast(weights, src=0)
-        task.set_sample_weights(chosen, weights)
+        if isinstance(task, ImageWeightedTask) and self.unit == "image":
+            task.set_image_weights(chosen, weights)
+        else:
+            task.set_sample_weights(chosen, weights)
         self.subepoch = dataset.subepoch
         self.history.append({"subepoch": self.subepoch, "queries": queries.copy(), "image_ids": np.asarray(q_ids),
                              "teacher_ranks": r_t.numpy(), "student_ranks": r_s.numpy(),
                              "weights": weights.cpu().numpy()})  # fmt: skip
-        self._log(trainer, chosen, len(database))
+        self._log(trainer, r_t, r_s, weights.cpu(), len(database))
 
     def _ranks(self, descriptors: Any, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
-               backend: Backend) -> torch.Tensor:  # fmt: skip
-        """Ranks of the queries ``q_ids`` over ``database`` (bank ids); ``descriptors(ids)`` encodes."""
+               backend: Backend, exclude: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
+        """Ranks of the queries ``q_ids`` over ``database`` (bank ids); ``descriptors(ids)`` encodes.
+
+        ``exclude``: per query, a position in ``database`` left out of its list (``-1``: none).
+        """
         desc = descriptors(np.concatenate([database, q_ids]))  # one request, one pass
         utm = dataset.utm
         ranks, _ = first_positive_rank(desc[len(database) :], desc[: len(database)], self.max_rank,
                                        query_utm=utm[q_ids], database_utm=utm[database], radius=self.radius,
-                                       backend=backend)  # fmt: skip
+                                       backend=backend, exclude=exclude)  # fmt: skip
         return ranks.cpu()
 
     def _teacher_ranks(self, task: DistillationTask, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
-                       backend: Backend) -> torch.Tensor:  # fmt: skip
+                       backend: Backend, exclude: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
         """``r_T`` of the queries ``q_ids`` over ``database``: the task's teacher, or each query's fold teacher."""
         if not self._fold_teachers:
-            return self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend)
+            return self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend, exclude)
         from structvpr.data.datasets import query_fold
 
         encode: Any = task.encode_images  # VPRTask's sharded encoding pass
@@ -241,10 +275,8 @@ class SampleWeighting(pl.Callback):
                                        database_utm=utm[:n_db], radius=self.radius, backend=backend)  # fmt: skip
         return ranks.cpu()
 
-    def _log(self, trainer: pl.Trainer, chosen: torch.Tensor, database_size: int) -> None:
-        assert self.teacher_ranks is not None and self.student_ranks is not None and self._task is not None
-        r_t, r_s = self.teacher_ranks[chosen], self.student_ranks[chosen]
-        w = self._task.sample_weights[chosen.to(self._task.sample_weights.device)].cpu()
+    def _log(self, trainer: pl.Trainer, r_t: torch.Tensor, r_s: torch.Tensor, w: torch.Tensor,
+             database_size: int) -> None:  # fmt: skip
         groups = partition(r_t, r_s, self.tau)
         stats: dict[str, float] = {}
         for g, name in enumerate(GROUP_NAMES):
@@ -252,6 +284,7 @@ class SampleWeighting(pl.Callback):
             stats[f"weighting/{name}_count"] = float(members.sum())
             stats[f"weighting/{name}_mean_weight"] = float(w[members].mean()) if members.any() else 0.0
         stats["weighting/mean_weight"] = float(w.mean())
+        stats["weighting/per_image"] = float(self.unit == "image")
         stats["weighting/global_ranks"] = float(self.ranks == "global")
         stats["weighting/rank_database_size"] = float(database_size)
         self.last_stats = stats
@@ -268,6 +301,15 @@ class SampleWeighting(pl.Callback):
         self.student_ranks = state_dict["student_ranks"]
         self.subepoch = state_dict.get("subepoch", -1)
         self._global_teacher_ranks = state_dict.get("global_teacher_ranks")
+
+
+def _positions(database: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of each of ``ids`` in ``database`` (bank ids), ``-1`` where it is not there."""
+    if len(database) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    order = np.argsort(database, kind="stable")
+    found = np.searchsorted(database[order], ids).clip(max=len(database) - 1)
+    return np.where(database[order][found] == ids, order[found], -1).astype(np.int64)
 
 
 def _log_histogram(logger: Any, name: str, values: torch.Tensor, step: int) -> None:

@@ -25,6 +25,7 @@ def first_positive_rank(
     query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
     radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
     backend: Backend = "auto", database_groups: Sequence[Any] | np.ndarray | None = None,
+    exclude: torch.Tensor | np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Rank (1-based) of the first true positive among each query's retrieved database items.
 
@@ -43,6 +44,9 @@ def first_positive_rank(
         database_groups: Optional group of every database item (e.g. its panorama id): the
             ranked list then keeps only the first item of each group, so rank r is the r-th
             distinct group (NetVLAD's one-hit-per-panorama count on Tokyo 24/7).
+        exclude: Optional ``(Q,)`` database index to leave out of each query's ranked list
+            (``-1``: none), so a database image is ranked as a query against the rest of the
+            database rather than finding itself at rank 1. ``has_positive`` still counts it.
 
     Returns:
         ``ranks``: ``(Q,)`` int64 in ``1 .. max_rank + 1``; ``has_positive``: ``(Q,)`` bool,
@@ -54,7 +58,18 @@ def first_positive_rank(
     num_q = queries.shape[0]
     if num_q == 0:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
-    if database_groups is None:
+    if exclude is not None:
+        if database_groups is not None:
+            raise ValueError("exclude and database_groups cannot be combined")
+        left_out = torch.as_tensor(np.asarray(exclude), dtype=torch.long).view(-1, 1)
+        if left_out.shape[0] != num_q:
+            raise ValueError(f"exclude has {left_out.shape[0]} entries for {num_q} queries")
+        retrieved = knn(queries, database, max_rank + 1, backend=backend).cpu()
+        keep = retrieved != left_out
+        # Kept items first, in retrieval order; the left-out one becomes an empty slot at the end.
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        retrieved = torch.gather(torch.where(keep, retrieved, -1), 1, order)[:, :max_rank]
+    elif database_groups is None:
         retrieved = knn(queries, database, max_rank, backend=backend).cpu()
     else:
         codes = group_codes(database_groups)

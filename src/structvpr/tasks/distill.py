@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,13 +21,19 @@ from structvpr.tasks.teacher import SegTeacher
 class StructVPRDistillation(StructVPRStudent):
     """Triplet loss plus per-sample weighted distillation from a frozen SegTeacher (DESIGN 1.4).
 
-    ``L = mean_b triplet_b + distill_weight * mean_b(w_q(b) * mean_i |s_i - t_i|^2)`` where
+    ``L = mean_b triplet_b + distill_weight * mean_b(w_q(b) * mean_i v_i |s_i - t_i|^2)`` where
     ``s_i`` are the student's descriptors of the tuple's RGB images, ``t_i`` the teacher's
     descriptors of exactly the label maps those RGB views came from (same joint
-    transform), and ``w_q`` the weight of the tuple's query, set by
-    :class:`~structvpr.callbacks.SampleWeighting` through :meth:`set_sample_weights`
-    (all ones without it: uniform distillation; the callback rescales its weights to mean 1
-    by default, so both distil the same total at the same ``distill_weight``).
+    transform), ``w_q`` the weight of the tuple's query and ``v_i`` the weight of the image
+    itself, set by :class:`~structvpr.callbacks.SampleWeighting` through
+    :meth:`set_sample_weights` (``unit='query'``) or :meth:`set_image_weights`
+    (``unit='image'``); all ones without it: uniform distillation (the callback rescales its
+    weights to mean 1 by default, so both distil the same total at the same ``distill_weight``).
+
+    ``teacher_input='image'`` is a control, not the method: the teacher is then a trained RGB
+    :class:`StructVPRStudent` (``teacher_ckpt``, e.g. the baseline itself: self-distillation)
+    reading the same RGB images, so an experiment can tell what the label maps add over
+    distillation as such.
 
     The teacher is frozen, kept in eval mode and out of the optimiser. With
     ``cache_teacher`` and no geometric augmentation (the default), its descriptors of the
@@ -61,6 +67,8 @@ class StructVPRDistillation(StructVPRStudent):
         search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
         teacher_hparams: Set by checkpoints of this task (the teacher's architecture), so that
             ``load_from_checkpoint`` needs neither the teacher's nor the student's file.
+        teacher_input: ``label`` (the method: a SegTeacher on label maps) or ``image`` (a
+            control: a StructVPRStudent teacher on the RGB images; see above).
 
     """
 
@@ -70,12 +78,18 @@ class StructVPRDistillation(StructVPRStudent):
                  lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
                  recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
                  kmeans_images: int = 200, search_backend: str = "auto",
-                 teacher_hparams: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 teacher_hparams: dict[str, Any] | None = None,
+                 teacher_input: Literal["label", "image"] = "label") -> None:  # fmt: skip
         super().__init__(trunk=trunk, aggregator=aggregator, num_clusters=num_clusters, pretrained_path=pretrained_path,
                          pca_dim=pca_dim, lr=lr, weight_decay=weight_decay, margin=margin, recall_ns=recall_ns,
                          eval_radius=eval_radius, kmeans_images=kmeans_images, search_backend=search_backend)  # fmt: skip
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        if teacher_input not in ("label", "image"):
+            raise ValueError(f"teacher_input must be 'label' or 'image', got {teacher_input!r}")
+        #: Batch key the teacher reads: label maps, or RGB for the self-distillation control.
+        self.teacher_key = teacher_input
+        teacher_cls: type[SegTeacher] | type[StructVPRStudent] = SegTeacher if teacher_input == "label" else StructVPRStudent
         # Reloading a checkpoint of this task: its state dict holds the teacher's and the student's
         # weights, so their files need not exist any more; the teacher is rebuilt from teacher_hparams.
         reloading = teacher_hparams is not None
@@ -83,12 +97,13 @@ class StructVPRDistillation(StructVPRStudent):
             if path is not None and not Path(path).is_file() and not reloading:
                 raise FileNotFoundError(f"{name}: {path} does not exist")
         if teacher_hparams is not None:
-            self.teacher = SegTeacher(**teacher_hparams).encoder
+            self.teacher = teacher_cls(**teacher_hparams).encoder
         elif teacher_ckpt is None:
             raise ValueError("teacher_ckpt is required: the SegTeacher checkpoint to distil from")
         else:
-            loaded = SegTeacher.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
-            names = inspect.signature(SegTeacher.__init__).parameters
+            _check_teacher_class(teacher_ckpt, teacher_input)
+            loaded = teacher_cls.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
+            names = inspect.signature(teacher_cls.__init__).parameters
             # Saved with this task's hyper-parameters: a checkpoint rebuilds the teacher without its file.
             self.hparams["teacher_hparams"] = {k: v for k, v in loaded.hparams.items() if k in names}
             self.teacher = loaded.encoder
@@ -103,6 +118,7 @@ class StructVPRDistillation(StructVPRStudent):
             start = StructVPRStudent.load_from_checkpoint(student_ckpt, map_location="cpu", weights_only=True)
             self.encoder.load_state_dict(start.encoder.state_dict())
         self.register_buffer("sample_weights", torch.ones(0))
+        self.register_buffer("image_weights", torch.ones(0))
         #: Whether training steps read the teacher's per-sub-epoch descriptors (set in ``setup``).
         self.teacher_cached = cache_teacher
         self._teacher_version = 0
@@ -115,6 +131,9 @@ class StructVPRDistillation(StructVPRStudent):
     #: ``(num_training_queries,)`` distillation weight of every training query (>= 0; mean 1 per
     #: sub-epoch with SampleWeighting's default), indexed by ``batch["index"]``.
     sample_weights: torch.Tensor
+    #: ``(N,)`` distillation weight of every training-bank image (database then queries; >= 0),
+    #: indexed by ``batch["image_index"]``; all ones unless ``SampleWeighting(unit='image')`` sets them.
+    image_weights: torch.Tensor
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -124,6 +143,8 @@ class StructVPRDistillation(StructVPRStudent):
         n = dataset.num_training_queries
         if self.sample_weights.numel() != n:
             self.sample_weights = torch.ones(n, device=self.device)
+        if self.image_weights.numel() != len(dataset.utm):
+            self.image_weights = torch.ones(len(dataset.utm), device=self.device)
         geometric = is_geometric(dataset.bank.transform)
         self.teacher_cached = bool(self.hp.cache_teacher) and not geometric
         if self.hp.cache_teacher and geometric:
@@ -136,24 +157,28 @@ class StructVPRDistillation(StructVPRStudent):
         saved = checkpoint["state_dict"].get("sample_weights")
         if saved is not None:
             self.sample_weights = torch.ones_like(saved, device=self.device)
+        saved = checkpoint["state_dict"].get("image_weights")
+        if saved is not None:
+            self.image_weights = torch.ones_like(saved, device=self.device)
+        else:  # a checkpoint from before per-image weights: they stay all ones
+            checkpoint["state_dict"]["image_weights"] = self.image_weights
 
     def set_sample_weights(self, indices: torch.Tensor, weights: torch.Tensor) -> None:
         """Set ``w_q`` (>= 0) of the training queries ``indices`` (``(n,)`` each); the others keep theirs.
 
         The task owns the weights: they are a buffer, saved and restored with its state dict.
         """
-        if indices.shape != weights.shape or indices.ndim != 1:
-            raise ValueError(f"indices and weights must be two (n,) tensors, got {tuple(indices.shape)} and "
-                             f"{tuple(weights.shape)}")  # fmt: skip
-        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(self.sample_weights)):
-            raise ValueError(f"training-query indices must lie in [0, {len(self.sample_weights)})")
-        if bool((weights < 0).any()):
-            raise ValueError("sample weights must be >= 0")
+        _check_weights(indices, weights, len(self.sample_weights), "training-query indices")
         self.sample_weights[indices.to(self.sample_weights.device)] = weights.to(self.sample_weights)
+
+    def set_image_weights(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        """Set ``v_i`` (>= 0) of the training-bank images ``ids`` (``(n,)`` each); the others keep theirs."""
+        _check_weights(ids, weights, len(self.image_weights), "training-bank image ids")
+        self.image_weights[ids.to(self.image_weights.device)] = weights.to(self.image_weights)
 
     def teacher_rank_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
         """Teacher descriptors of training label maps computed now, with no cache (global ranks)."""
-        return self.encode_images(ids, self.teacher, "label")
+        return self.encode_images(ids, self.teacher, self.teacher_key)
 
     def teacher_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
         """Teacher descriptors ``(len(ids), D)`` of training-bank label maps (un-augmented).
@@ -162,7 +187,7 @@ class StructVPRDistillation(StructVPRStudent):
         encodes (its queries, their positives and the negative pool), whatever the size of
         the training set; under DDP each process encodes its share.
         """
-        return self._descriptor_cache("teacher", self._teacher_version, ids, self.teacher, "label")
+        return self._descriptor_cache("teacher", self._teacher_version, ids, self.teacher, self.teacher_key)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
@@ -180,14 +205,15 @@ class StructVPRDistillation(StructVPRStudent):
         if self.teacher_cached:
             ids = batch["image_index"]
             return self.teacher_descriptors(ids.flatten().cpu().numpy()).view(*ids.shape, -1).to(self.device)
-        labels = batch["label"]
+        labels = batch[self.teacher_key]
         with torch.no_grad():
             return self.teacher.pooled(labels.flatten(0, 1)).view(*labels.shape[:2], -1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         student = self.encode_tuples(batch["image"])
         triplet = self.triplet_loss(student)
-        distill = distillation_loss(student, self.teacher_targets(batch))
+        image_weights = self.image_weights[batch["image_index"].to(self.image_weights.device)]
+        distill = distillation_loss(student, self.teacher_targets(batch), image_weights)
         weights = self.sample_weights[batch["index"]]
         loss = triplet.mean() + self.hp.distill_weight * weighted_mean(distill, weights)
         self.check_finite(loss, batch)
@@ -196,3 +222,23 @@ class StructVPRDistillation(StructVPRStudent):
         self.log("train/triplet", triplet.mean(), batch_size=size)
         self.log("train/distill", distill.mean(), batch_size=size)
         return loss
+
+
+def _check_weights(indices: torch.Tensor, weights: torch.Tensor, size: int, what: str) -> None:
+    if indices.shape != weights.shape or indices.ndim != 1:
+        raise ValueError(f"indices and weights must be two (n,) tensors, got {tuple(indices.shape)} and "
+                         f"{tuple(weights.shape)}")  # fmt: skip
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        raise ValueError(f"{what} must lie in [0, {size})")
+    if bool((weights < 0).any()):
+        raise ValueError("sample weights must be >= 0")
+
+
+def _check_teacher_class(path: str, teacher_input: str) -> None:
+    """A label-map teacher must be a SegTeacher checkpoint, an RGB one a StructVPRStudent's (saved ``num_groups``)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    is_segteacher = "num_groups" in saved
+    if is_segteacher != (teacher_input == "label"):
+        held, wanted = ("a SegTeacher", "StructVPRStudent") if is_segteacher else ("an RGB model", "SegTeacher")
+        raise TypeError(f"teacher_ckpt {path} holds {held}, but teacher_input={teacher_input!r} needs a {wanted} "
+                        f"checkpoint (teacher_input='image' distils an RGB teacher: the self-distillation control)")
