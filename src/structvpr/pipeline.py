@@ -16,8 +16,11 @@ from structvpr.reports import recall_table
 ROWS = {
     "teacher": "SegTeacher (label maps)",
     "baseline": "RGB baseline",
+    "control": "RGB baseline + the student's epochs (lambda 0)",
     "distill": "StructVPR student (RGB)",
 }
+#: Stages whose fit is the distillation config from the teacher and the baseline (the control with lambda 0).
+_FROM_BASELINE = ("control", "distill")
 
 
 def _run(args: list[str]) -> Any:
@@ -53,15 +56,20 @@ def test_stage(config: Path, ckpt: str, out: Path, overrides: Sequence[str]) -> 
 
 def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir: str | Path = "runs/demo",
                  data_overrides: Sequence[str] = (), distill_overrides: Sequence[str] = (),
-                 stages: Sequence[str] = ("teacher", "baseline", "distill")) -> dict[str, Any]:  # fmt: skip
-    """Train the teacher, the RGB baseline and the distilled student, then test all three.
+                 stages: Sequence[str] = ("teacher", "baseline", "control", "distill")) -> dict[str, Any]:  # fmt: skip
+    """Train the teacher, the RGB baseline, its budget-matched control and the distilled student; test all four.
+
+    The student starts from the baseline and trains ``distill.yaml``'s epochs more, so the table
+    also holds the *control*: the same continuation from the same checkpoint with
+    ``distill_weight=0`` (the student's steps without the teacher). The student is compared with
+    the control, not with the shorter baseline.
 
     Args:
         config_dir: Folder with ``teacher.yaml``, ``baseline.yaml`` and ``distill.yaml``.
         out_dir: Where logs, checkpoints and ``results.{json,md}`` go.
         data_overrides: CLI overrides applied to every stage (``--data.init_args.root=...``).
         distill_overrides: CLI overrides for the distillation stage only.
-        stages: Stages to run, in order (the distillation needs the other two).
+        stages: Stages to run, in order (the control and the distillation need the first two).
 
     Returns:
         ``{"results": {row: recall dict}, "seconds": {stage: wall time}, "checkpoints": {...}}``.
@@ -78,17 +86,20 @@ def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir
         start = time.perf_counter()
         print(f"\n=== {stage}: training ===", flush=True)
         overrides = list(data_overrides)
-        if stage == "distill":
+        if stage in _FROM_BASELINE:
             overrides += [f"--model.init_args.teacher_ckpt={ckpts['teacher']}",
                           f"--model.init_args.student_ckpt={ckpts['baseline']}", *distill_overrides]  # fmt: skip
-        cli = fit_stage(config_dir / f"{stage}.yaml", out / stage, overrides)
-        if stage == "distill":
+            if stage == "control":
+                overrides.append("--model.init_args.distill_weight=0")
+        config = config_dir / f"{'distill' if stage in _FROM_BASELINE else stage}.yaml"
+        cli = fit_stage(config, out / stage, overrides)
+        if stage in _FROM_BASELINE:
             exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
             ckpts[stage] = str(exporter.path)
         else:
             ckpts[stage] = best_checkpoint(cli)
         # The distilled student is tested as a plain StructVPRStudent from its exported file.
-        test_config = config_dir / ("baseline.yaml" if stage == "distill" else f"{stage}.yaml")
+        test_config = config_dir / ("baseline.yaml" if stage in _FROM_BASELINE else f"{stage}.yaml")
         print(f"\n=== {stage}: test ===", flush=True)
         results[ROWS[stage]] = test_stage(test_config, ckpts[stage], out / stage / "test", list(data_overrides))
         seconds[stage] = round(time.perf_counter() - start, 1)

@@ -1,0 +1,79 @@
+"""The evidence experiment's design helpers and statistics, on known answers."""
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+report = _load("report_evidence")
+evidence = _load("evidence")
+
+
+def test_minimum_detectable_difference_known_answers():
+    # n = 10, sd = 1: (t_0.975,9 + t_0.8,9) / sqrt(10) = (2.2622 + 0.8834) / 3.1623
+    assert report.minimum_detectable(1.0, 10) == pytest.approx(0.99472, abs=1e-4)
+    # large n tends to the normal form (1.96 + 0.8416) sd / sqrt(n)
+    assert report.minimum_detectable(3.0, 10_000) == pytest.approx(2.8016 * 3 / 100, rel=1e-3)
+    assert math.isnan(report.minimum_detectable(1.0, 1))
+    # the fewest pairs reaching an MDD of 2 with sd 4: n = 34 gives 1.99, n = 33 gives 2.02
+    n = report.pairs_needed(4.0, 2.0)
+    assert report.minimum_detectable(4.0, n) <= 2.0 < report.minimum_detectable(4.0, n - 1)
+    assert n == 34
+
+
+def test_paired_difference_counts_and_mdd():
+    out = report.paired([3.0, 5.0, 4.0, 2.0], [1.0, 1.0, 4.0, 3.0])
+    # differences 2, 4, 0, -1: mean 1.25, sd 2.2174
+    assert (out["mean"], out["wins"], out["losses"], out["ties"], out["n"]) == (1.25, 2, 1, 1, 4)
+    assert out["sd"] == pytest.approx(2.22, abs=0.01)
+    assert out["mdd"] == pytest.approx(report.minimum_detectable(2.2174, 4), abs=0.01)
+
+
+def test_selection_takes_the_best_val_epoch_in_the_window_earliest_on_ties():
+    curve = [{"epoch": e, "val/R@1": v} for e, v in enumerate([10, 50, 40, 60, 55, 60, 20])]
+    assert evidence.selected(curve, 0, 6)["epoch"] == 3
+    assert evidence.selected(curve, 4, 6)["epoch"] == 5
+    assert evidence.selected(curve, 0, 2)["epoch"] == 1
+
+
+def test_grid_is_the_full_product_and_controls_share_uniforms_lambda():
+    settings = evidence.grid("meanone_image")
+    assert len(settings) == 8 and len({evidence.setting_key(s) for s in settings}) == 8
+    assert {s["distill_weight"] for s in settings} == {10.0, 30.0} and {s["alpha"] for s in settings} == {0.5, 2.0}
+    assert [len(evidence.grid(r)) for r in ("uniform", "paper", "meanone")] == [3, 8, 8]
+    for row in ("oracle", "random_teacher", "self_distill"):
+        assert evidence.ROWS[row]["lambda_of"] == "uniform"
+
+
+@pytest.mark.slow
+def test_the_whole_experiment_runs_on_the_tiny_preset(tmp_path, repo_root):
+    """Every phase of benchmarks/run_evidence.sh, --smoke: a report with every row, the oracle's mass on
+    corrupted targets 0, and per-image weighting reaching database images."""
+    import json
+
+    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    subprocess.run(["bash", "benchmarks/run_evidence.sh", "--smoke", "--work", str(tmp_path / "work"), "--out",
+                    str(tmp_path / "report")], cwd=repo_root, env=env, check=True, capture_output=True)  # fmt: skip
+    out = json.loads((tmp_path / "report.json").read_text())
+    assert out["design"]["complete_worlds"] == [0]
+    assert set(out["test"]) == set(report.ROWS)
+    assert out["targets"]["oracle"]["corrupted_share_of_mass"] == 0.0
+    assert out["partition"]["meanone_image"]["database"]["images"] > 0
+    assert out["partition"]["meanone"]["database"]["images"] == 0
