@@ -34,6 +34,17 @@ def test_ckpt_path_last_without_a_checkpoint_fails(repo_root, tiny_world, tmp_pa
         _fit(repo_root, tiny_world, tmp_path, "--trainer.max_epochs=1", "--ckpt_path=last")
 
 
+def test_ckpt_path_last_with_a_dangling_link_fails_and_writes_no_second_link(repo_root, tiny_world, tmp_path):
+    _fit(repo_root, tiny_world, tmp_path, "--trainer.max_epochs=1")
+    folder = tmp_path / "checkpoints"
+    link = folder / "last.ckpt"
+    assert link.is_symlink()
+    (folder / link.readlink()).unlink()  # the run folder cleaned by hand: the link points at nothing
+    with pytest.raises(FileNotFoundError, match=r"last.ckpt points at latest-epoch00.ckpt, which does not exist"):
+        _fit(repo_root, tiny_world, tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last")
+    assert sorted(p.name for p in folder.glob("last*")) == ["last.ckpt"]
+
+
 def test_a_checkpoint_of_another_class_or_architecture_is_refused(repo_root, tiny_world, tmp_path):
     teacher = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
                         f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path / 't'}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -102,7 +103,17 @@ def _cli_class() -> Any:
 
         def before_fit(self) -> None:
             folder = self._stable_checkpoint_dirs()
-            if self.config_init[self.subcommand].get("ckpt_path") == "last" and not list(folder.glob("last*.ckpt")):
+            if self.config_init[self.subcommand].get("ckpt_path") != "last":
+                return
+            found = sorted(folder.glob("last*.ckpt"))
+            # A link whose target was deleted (a run folder cleaned by hand): Lightning would warn and train
+            # from scratch, and write a second dangling link beside it.
+            dangling = [p for p in found if p.is_symlink() and not p.exists()]
+            if dangling:
+                raise FileNotFoundError(f"--ckpt_path last: {dangling[0]} points at {os.readlink(dangling[0])}, which "
+                                        f"does not exist; give a checkpoint file of {folder} instead, or delete "
+                                        f"the link to start afresh")  # fmt: skip
+            if not found:
                 raise FileNotFoundError(f"--ckpt_path last: no last*.ckpt in {folder}, the checkpoint folder of "
                                         "this config's runs; give a checkpoint file instead")  # fmt: skip
 

@@ -129,3 +129,32 @@ def test_trunk_and_aggregator_are_injectable():
         PlaceEncoder(trunk=lambda c: torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3)))
     with pytest.raises(TypeError, match=r"needs an output_dim\(channels\) method"):
         PlaceEncoder(aggregator=lambda c: torch.nn.Identity())
+
+
+def test_resnet_file_without_batchnorm_counters_loads_as_torch_accepts_it(tmp_path, caplog):
+    import logging
+
+    import timm
+
+    full = timm.create_model("resnet18", pretrained=False).state_dict()
+    old_style = {k: v for k, v in full.items() if not k.endswith("num_batches_tracked")}
+    assert len(full) - len(old_style) == 20  # what an older checkpoint lacks
+    path = tmp_path / "old.pth"
+    torch.save({**old_style, "head.extra": torch.zeros(3)}, path)
+    with caplog.at_level(logging.WARNING, logger="structvpr.models.backbones"):
+        trunk = TimmTrunk("resnet18", pretrained_path=str(path))
+    assert torch.equal(trunk.body.state_dict()["conv1.weight"], full["conv1.weight"])
+    # unused keys are a warning, not INFO only
+    assert any("not used by the resnet18 trunk" in r.message and "head.extra" in r.message for r in caplog.records)
+
+
+def test_weight_file_with_a_wrong_shape_names_both_shapes(tmp_path):
+    import timm
+
+    full = timm.create_model("resnet18", pretrained=False).state_dict()
+    full["layer1.0.conv1.weight"] = torch.zeros(64, 64, 5, 5)
+    path = tmp_path / "shape.pth"
+    torch.save(full, path)
+    with pytest.raises(ValueError, match=r"layer1.0.conv1.weight: the file has \(64, 64, 5, 5\), the trunk needs "
+                                         r"\(64, 64, 3, 3\)"):  # fmt: skip
+        TimmTrunk("resnet18", pretrained_path=str(path))

@@ -83,12 +83,12 @@ class TimmTrunk(Trunk):
         self.load_report: LoadReport | None = None
         if pretrained_path is not None:
             self.load_report = report = load_trunk_weights(self.body, pretrained_path, name, prefix)
-            unused = f"; not used: {', '.join(report.unused[:6])}{' ...' if len(report.unused) > 6 else ''}"
-            logging.getLogger(__name__).info(
-                f"{pretrained_path}: loaded all {report.loaded} tensors of the {name} trunk"
-                + (f"; adapted to {in_chans} input channels: {', '.join(report.adapted)}" if report.adapted else "")
-                + (unused if report.unused else "")
-            )
+            log = logging.getLogger(__name__)
+            log.info(f"{pretrained_path}: loaded all {report.loaded} tensors of the {name} trunk"
+                     + (f"; adapted to {in_chans} input channels: {', '.join(report.adapted)}" if report.adapted else ""))
+            if report.unused:  # a classifier is expected; anything else may be a wrong file: say so loudly
+                log.warning(f"{pretrained_path}: {len(report.unused)} tensors of the file are not used by the {name} "
+                            f"trunk: {', '.join(report.unused[:6])}{' ...' if len(report.unused) > 6 else ''}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
@@ -143,6 +143,7 @@ def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str
     state = read_state_dict(path)
     matched: dict[str, torch.Tensor] = {}
     adapted: list[str] = []
+    wrong_shape: list[str] = []
     for key, value in state.items():
         target = key[len(prefix) :] if key.startswith(prefix) else None
         if target is None or target not in own:
@@ -153,7 +154,14 @@ def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str
         elif value.ndim == 4 and want.ndim == 4 and value.shape[1] == 3 and value.shape[0] == want.shape[0]:
             matched[target] = timm.models.adapt_input_conv(want.shape[1], value)  # RGB weights, G channels
             adapted.append(target)
-    missing = [k for k in own if k not in matched]
+        else:
+            wrong_shape.append(f"{key}: the file has {tuple(value.shape)}, the trunk needs {tuple(want.shape)}")
+    if wrong_shape:
+        raise ValueError(f"{path}: {len(wrong_shape)} tensors have the wrong shape for the {name} trunk: "
+                         + "; ".join(wrong_shape[:4]) + (" ..." if len(wrong_shape) > 4 else ""))  # fmt: skip
+    # BatchNorm's step counters: older checkpoints lack them and torch's strict loading accepts that
+    # (they only matter for momentum=None); they keep the trunk's own value.
+    missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     if missing:
         raise ValueError(
             f"{path}: {len(missing)} of {len(own)} tensors of the {name} trunk get no weight from this file "
@@ -161,7 +169,7 @@ def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str
             f"(e.g. {', '.join(list(state)[:4])}). Give a state dict with timm's keys for '{name}'"
             + (f" (prefixed '{prefix}')" if prefix else "")
         )
-    body.load_state_dict(matched, strict=True)
+    body.load_state_dict({**{k: v for k, v in own.items() if k not in matched}, **matched}, strict=True)
     unused = [k for k in state if not (k.startswith(prefix) and k[len(prefix) :] in matched)]
     return LoadReport(len(matched), unused, adapted)
 
