@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-#: The triplet margin of the NetVLAD, MSLS and VG-benchmark references: sqrt(0.1) on
-#: unsquared L2 distances (0.1 on squared ones).
+#: The triplet margin of the NetVLAD and MSLS references: sqrt(0.1) on unsquared L2 distances
+#: (0.1 on squared ones). The VG benchmark uses 0.1 on unsquared distances.
 REFERENCE_MARGIN = 0.1**0.5
 
 

@@ -39,7 +39,7 @@ class VPRTask(pl.LightningModule):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         margin: Triplet margin on unsquared L2 distances of normalised descriptors; the default,
-            sqrt(0.1), is the NetVLAD / MSLS / VG-benchmark margin (0.1 on squared distances).
+            sqrt(0.1), is the NetVLAD / MSLS margin (0.1 on squared distances; the VG benchmark uses 0.1).
         recall_ns: N of the Recall@N logged as ``val/R@N`` and ``test/R@N``.
         eval_radius: Metres within which a retrieved database image is correct.
         kmeans_images: Training images whose trunk features initialise NetVLAD by k-means.

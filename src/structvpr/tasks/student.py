@@ -36,7 +36,7 @@ class StructVPRStudent(VPRTask):
         pca_dim: PCA-whitening size (None for none).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        margin: Triplet margin on unsquared L2 distances (default sqrt(0.1), as the references).
+        margin: Triplet margin on unsquared L2 distances (default sqrt(0.1), as the NetVLAD and MSLS references).
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
