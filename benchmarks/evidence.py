@@ -49,6 +49,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
+from distillation_experiment import read_json, shard, write_json
 
 from structvpr.data import synthetic
 from structvpr.pipeline import best_checkpoint, fit_stage, test_stage
@@ -156,17 +157,6 @@ class TargetAudit(pl.Callback):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def world_dir(work: Path, seed: int) -> Path:
     return work / f"world{seed}"
 
@@ -400,11 +390,6 @@ def rows_jobs(work: Path) -> list[list[tuple[int, str, dict[str, Any], int]]]:
     groups[-1] += [(TUNE_SEED, row, chosen[row], TUNE_SEED) for row in ROWS]  # the tuning world's own rows
     groups += [[(seed, row, chosen[row], seed) for row in ROWS] for seed in FINAL_SEEDS]
     return groups
-
-
-def shard(items: list[Any], spec: str) -> list[Any]:
-    i, n = map(int, spec.split("/"))
-    return items[i::n]
 
 
 def main() -> None:

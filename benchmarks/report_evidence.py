@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report_distillation import interval
 from scipy import stats
 
 ROWS = ("teacher", "baseline_short", "baseline_full", "lambda0", "uniform", "paper", "meanone", "meanone_image",
@@ -39,15 +40,6 @@ PAIRS = (
     ("oracle", "uniform", "perfect noise detection over uniform (bound on any weighting)"),
 )
 KEYS = ("R@1", "R@5", "R@10")
-
-
-def interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean and the half-width of its t confidence interval."""
-    x = np.asarray(values, dtype=float)
-    n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"mean": round(mean, 2), "ci95": round(half, 2), "n": n}
 
 
 def minimum_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:

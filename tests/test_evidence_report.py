@@ -1,29 +1,16 @@
 """The evidence experiment's design helpers and statistics, on known answers."""
 
-import importlib.util
 import math
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_modules import load_benchmark
 
-
-def _load(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-report = _load("report_evidence")
-evidence = _load("evidence")
+report = load_benchmark("report_evidence")
+evidence = load_benchmark("evidence")
 
 
 def test_minimum_detectable_difference_known_answers():
@@ -68,7 +55,7 @@ def test_the_whole_experiment_runs_on_the_tiny_preset(tmp_path, repo_root):
     corrupted targets 0, and per-image weighting reaching database images."""
     import json
 
-    env = {**__import__("os").environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable}
     subprocess.run(["bash", "benchmarks/run_evidence.sh", "--smoke", "--work", str(tmp_path / "work"), "--out",
                     str(tmp_path / "report")], cwd=repo_root, env=env, check=True, capture_output=True)  # fmt: skip
     out = json.loads((tmp_path / "report.json").read_text())

@@ -1,29 +1,14 @@
 """The weighting experiment's statistics and partition diagnostics, on known answers."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchmark_modules import load_benchmark
 
-
-def _load(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-report = _load("report_distillation")
-experiment = _load("distillation_experiment")
+report = load_benchmark("report_distillation")
+experiment = load_benchmark("distillation_experiment")
 
 
 def test_interval_is_the_t_interval_of_the_mean():
