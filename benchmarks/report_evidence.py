@@ -17,7 +17,7 @@ from scipy import stats
 ROWS = ("teacher", "baseline_short", "baseline_full", "lambda0", "uniform", "paper", "meanone", "meanone_image",
         "oracle", "random_teacher", "self_distill")  # fmt: skip
 LABELS = {
-    "teacher": "SegTeacher (label maps)", "baseline_short": "RGB baseline, first BASE epochs (the students' start)",
+    "teacher": "SegTeacher (label maps)", "baseline_short": "RGB baseline, best epoch before the students branch off",
     "baseline_full": "RGB baseline, full budget", "lambda0": "lambda 0 continuation (no teacher)",
     "uniform": "uniform distillation", "paper": "StructVPR weights, paper form (per query)",
     "meanone": "StructVPR weights, mean 1 (per query)", "meanone_image": "StructVPR weights, mean 1 (per image)",
