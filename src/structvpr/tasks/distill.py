@@ -236,7 +236,8 @@ def _check_weights(indices: torch.Tensor, weights: torch.Tensor, size: int, what
 
 def _check_teacher_class(path: str, teacher_input: str) -> None:
     """A label-map teacher must be a SegTeacher checkpoint, an RGB one a StructVPRStudent's (saved ``num_groups``)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    # Memory-mapped: only the hyper-parameters are read here, not the weights loaded right after.
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
     is_segteacher = "num_groups" in saved
     if is_segteacher != (teacher_input == "label"):
         held, wanted = ("a SegTeacher", "StructVPRStudent") if is_segteacher else ("an RGB model", "SegTeacher")
