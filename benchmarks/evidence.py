@@ -24,6 +24,13 @@ the same model selection. The rows:
 - ``self_distill``: uniform distillation from the RGB baseline's start checkpoint on RGB
   (``teacher_input='image'``): distillation as such, without label maps.
 
+One more row answers whether a student that must move out of the baseline's descriptor space
+transfers less than one distilled from the start:
+
+- ``scratch``: uniform distillation (uniform's lambda) from random weights over the baseline's
+  whole budget (``BASE_EPOCHS + CONT_EPOCHS`` epochs), selected like ``baseline_full`` (best val
+  R@1 among the last ``CONT_EPOCHS`` epochs): budget-matched with ``baseline_full``.
+
 Phases, each resumable (a finished job leaves ``result.json``) and shardable (``--shard i/n``)::
 
     python benchmarks/evidence.py prepare --shard 0/2              # teacher and baseline of the tuning world
@@ -31,6 +38,12 @@ Phases, each resumable (a finished job leaves ``result.json``) and shardable (``
     python benchmarks/evidence.py select                           # the chosen settings, by val
     python benchmarks/evidence.py rows    --shard 0/2              # confirmation, spread and final worlds
     python benchmarks/evidence.py report                           # -> benchmarks/results/evidence.{json,md}
+
+More worlds for a few rows (``--worlds``, ``--only``), pooled with an earlier report's worlds::
+
+    python benchmarks/evidence.py rows --worlds 5-10 --only lambda0,uniform,self_distill,scratch --shard 0/2
+    python benchmarks/evidence.py extend --previous benchmarks/results/evidence.json \
+        --out benchmarks/results/evidence_extended
 
 ``benchmarks/run_evidence.sh`` runs them all with two processes.
 """
@@ -83,6 +96,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "random_teacher": {"weighting": {"uniform": True}, "teacher": "random", "lambda_of": "uniform"},
     "self_distill": {"weighting": {"uniform": True}, "teacher": "self", "lambda_of": "uniform"},
 }
+#: Rows outside ROWS (run by ``rows --only``): see the module docstring.
+EXTRA_ROWS: dict[str, dict[str, Any]] = {"scratch": {"weighting": {"uniform": True}, "lambda_of": "uniform"}}
 COMMON = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
           "--data.init_args.num_workers=0"]  # fmt: skip
 
@@ -237,7 +252,7 @@ def run_teacher(work: Path, seed: int) -> dict[str, Any]:
                   "test": test_stage(config, ckpt, out / "test", test_args(root, seed)),
                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         write_json(out / "result.json", result)
-        print(f"{out}: test R@1 {result['test']['R@1']:.1f}", flush=True)
+        print(f"{out}: test R@1 {100 * result['test']['R@1']:.1f}", flush=True)
     return read_json(out / "result.json")
 
 
@@ -262,7 +277,7 @@ def run_baseline(work: Path, seed: int, train_seed: int | None = None) -> dict[s
                             "test": test_stage(config, ckpt, out / f"test_{name}", test_args(root, seed))}  # fmt: skip
         result["seconds"] = round(time.perf_counter() - start, 1)
         write_json(out / "result.json", result)
-        print(f"{out}: full-budget test R@1 {result['baseline_full']['test']['R@1']:.1f}", flush=True)
+        print(f"{out}: full-budget test R@1 {100 * result['baseline_full']['test']['R@1']:.1f}", flush=True)
     return read_json(out / "result.json")
 
 
@@ -315,7 +330,44 @@ def run_row(work: Path, seed: int, row: str, setting: dict[str, Any], train_seed
     write_json(out / "result.json", result)
     for ckpt in (out / "checkpoints").glob("*.ckpt"):  # the exported student is what is kept
         ckpt.unlink()
-    print(f"{out}: val R@1 {result['selected']['val/R@1']:.1f}, test R@1 {result['test']['R@1']:.1f}", flush=True)
+    print(f"{out}: val R@1 {result['selected']['val/R@1']:.1f}, test R@1 {100 * result['test']['R@1']:.1f}", flush=True)
+    return result
+
+
+def run_scratch(work: Path, seed: int, setting: dict[str, Any]) -> dict[str, Any]:
+    """Uniform distillation from random weights over the baseline's budget, selected as ``baseline_full``."""
+    from structvpr.tasks import StructVPRDistillation
+
+    out = world_dir(work, seed) / "scratch" / setting_key(setting)
+    if (out / "result.json").exists():
+        return read_json(out / "result.json")
+    root = ensure_world(work, seed)
+    start = time.perf_counter()
+    teacher = run_teacher(work, seed)
+    extra = [{"class_path": "evidence.TargetAudit", "init_args": {"world": str(root), "path": str(out / "targets.json")}}]
+    cfg = _config("distill", out, BASE_EPOCHS + CONT_EPOCHS, extra, keep_every_epoch=True)
+    for c in cfg["trainer"]["callbacks"]:
+        if c["class_path"].endswith("SampleWeighting"):
+            c["init_args"] = {"tau": int(setting["tau"]), "alpha": float(setting["alpha"]), "max_rank": 100,
+                              "uniform": True}  # fmt: skip
+    model = cfg["model"]["init_args"]
+    model.update(distill_weight=float(setting["distill_weight"]), student_ckpt=None, teacher_ckpt=teacher["ckpt"])
+    config = _write_config(cfg, out, "distill.yaml")
+    fit_stage(config, out, data_args(root, seed))
+    curve = read_json(out / "val_curve.json")
+    sel = selected(curve, BASE_EPOCHS, BASE_EPOCHS + CONT_EPOCHS - 1)
+    ckpts = out / "checkpoints"
+    student = StructVPRDistillation.load_from_checkpoint(ckpts / f"epoch{int(sel['epoch']):02d}.ckpt", map_location="cpu")
+    path = student.export_student(out / "student.ckpt")
+    result: dict[str, Any] = {
+        "row": "scratch", "setting": setting, "train_seed": seed, "val_curve": curve, "selected": sel,
+        "test": test_stage(CONFIGS / "baseline.yaml", str(path), out / "test", test_args(root, seed)),
+        "targets": read_json(out / "targets.json"), "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    write_json(out / "result.json", result)
+    for ckpt in ckpts.glob("*.ckpt"):
+        ckpt.unlink()
+    print(f"{out}: val R@1 {sel['val/R@1']:.1f}, test R@1 {100 * result['test']['R@1']:.1f}", flush=True)
     return result
 
 
@@ -371,7 +423,7 @@ def select(work: Path) -> dict[str, Any]:
         best = max(table.values(), key=lambda rs: rs[0]["selected"]["val/R@1"])
         chosen[row] = best[1]
     chosen["lambda0"] = dict(DEFAULT)
-    for row, spec in ROWS.items():
+    for row, spec in {**ROWS, **EXTRA_ROWS}.items():
         if "lambda_of" in spec:
             chosen[row] = {**DEFAULT, "distill_weight": chosen[spec["lambda_of"]]["distill_weight"]}
     write_json(work / "chosen.json", {"tune_seed": TUNE_SEED, "grid": GRID, "val_R@1": scores, "chosen": chosen})
@@ -392,14 +444,37 @@ def rows_jobs(work: Path) -> list[list[tuple[int, str, dict[str, Any], int]]]:
     return groups
 
 
+def world_range(text: str) -> tuple[int, ...]:
+    """``"5-10"`` -> 5..10, ``"5,7"`` -> 5, 7."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        seeds += range(int(first), int(last or first) + 1)
+    return tuple(seeds)
+
+
+def extra_jobs(work: Path, worlds: tuple[int, ...], only: list[str]) -> list[list[tuple[int, str, dict[str, Any]]]]:
+    """One group per world: the rows ``only`` names (in that order) with the chosen settings."""
+    chosen = read_json(work / "chosen.json")["chosen"]
+    for row, spec in EXTRA_ROWS.items():
+        chosen.setdefault(row, {**DEFAULT, "distill_weight": chosen[spec["lambda_of"]]["distill_weight"]})
+    unknown = sorted(set(only) - set(ROWS) - set(EXTRA_ROWS))
+    if unknown:
+        raise SystemExit(f"--only: unknown rows {unknown}; rows are {sorted({**ROWS, **EXTRA_ROWS})}")
+    return [[(seed, row, chosen[row]) for row in only] for seed in worlds]
+
+
 def main() -> None:
     global PRESET, TEACHER_EPOCHS, BASE_EPOCHS, CONT_EPOCHS, FINAL_SEEDS, SPREAD_SEEDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["prepare", "tune", "select", "rows", "report"])
+    parser.add_argument("phase", choices=["prepare", "tune", "select", "rows", "report", "extend"])
     parser.add_argument("--work", default="runs/evidence", type=Path)
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th job (rows: world) from the i-th")
     parser.add_argument("--out", default="benchmarks/results/evidence", type=Path,
                         help="report: writes OUT.json and OUT.md")
+    parser.add_argument("--worlds", type=world_range, help="rows: these final worlds (5-10, or 5,7) instead of all")
+    parser.add_argument("--only", help="rows with --worlds: only these rows (comma-separated, scratch allowed)")
+    parser.add_argument("--previous", type=Path, help="extend: an earlier report whose per-world R@1 are pooled")
     parser.add_argument("--smoke", action="store_true", help="a few-minute run of every phase on the tiny preset")
     ns = parser.parse_args()
     if ns.smoke:
@@ -417,10 +492,22 @@ def main() -> None:
             run_row(ns.work, *job)
     elif ns.phase == "select":
         print(json.dumps(select(ns.work), indent=1))
+    elif ns.phase == "rows" and ns.worlds:
+        only = ns.only.split(",") if ns.only else list(ROWS)
+        for group in shard(extra_jobs(ns.work, ns.worlds, only), ns.shard):
+            for seed, row, setting in group:
+                if row in EXTRA_ROWS:
+                    run_scratch(ns.work, seed, setting)
+                else:
+                    run_row(ns.work, seed, row, setting)
     elif ns.phase == "rows":
         for group in shard(rows_jobs(ns.work), ns.shard):
             for seed, row, setting, train_seed in group:
                 run_row(ns.work, seed, row, setting, train_seed=train_seed)
+    elif ns.phase == "extend":
+        from report_evidence import write_extension
+
+        write_extension(ns.work, ns.out, previous=ns.previous, base_epochs=BASE_EPOCHS, cont_epochs=CONT_EPOCHS)
     else:
         from report_evidence import write_report
 

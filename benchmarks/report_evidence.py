@@ -23,6 +23,7 @@ LABELS = {
     "meanone": "StructVPR weights, mean 1 (per query)", "meanone_image": "StructVPR weights, mean 1 (per image)",
     "oracle": "oracle weights (corrupted maps 0)", "random_teacher": "random-weight teacher",
     "self_distill": "RGB self-distillation (baseline as teacher)",
+    "scratch": "uniform distillation from random weights, full budget",
 }  # fmt: skip
 #: (a, b, what the difference a - b measures)
 PAIRS = (
@@ -261,4 +262,95 @@ def write_report(work: Path, out_prefix: Path, **design: Any) -> dict[str, Any]:
     Path(f"{out_prefix}.json").write_text(json.dumps(out, indent=1))
     Path(f"{out_prefix}.md").write_text(markdown(out))
     print(markdown(out))
+    return out
+
+
+#: The extension's comparisons (every one budget-matched: each side trains BASE + CONT epochs).
+EXTENSION_PAIRS = (
+    ("uniform", "lambda0", "distillation proper: the teacher over the same steps"),
+    ("uniform", "self_distill", "what the label maps add over self-distillation"),
+    ("self_distill", "lambda0", "distillation without label maps"),
+    ("uniform", "baseline_full", "distillation over the full-budget baseline"),
+    ("scratch", "baseline_full", "distilled from the start over the full-budget baseline"),
+    ("scratch", "uniform", "from the start over from the baseline (same epochs)"),
+)
+EXTENSION_ROWS = ("teacher", "baseline_full", "lambda0", "uniform", "self_distill", "scratch")
+
+
+def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: int) -> dict[str, Any]:
+    """Pool the per-world test R@1 of an earlier report with the worlds finished under ``work``.
+
+    Worlds are the directories ``work/world<seed>`` other than the tuning and confirmation worlds
+    of ``chosen.json``; a world counts for a comparison when both of its rows finished there.
+    """
+    chosen_file = json.loads((work / "chosen.json").read_text())
+    chosen = dict(chosen_file["chosen"])
+    chosen.setdefault("scratch", {**chosen["lambda0"], "distill_weight": chosen["uniform"]["distill_weight"]})
+    skip = {f"world{chosen_file['tune_seed']}", f"world{chosen_file.get('confirm_seed', -1)}"}
+    per_world: dict[str, dict[str, float]] = {row: {} for row in EXTENSION_ROWS}
+    source: dict[str, str] = {}
+    if previous is not None:
+        prev = json.loads(previous.read_text())
+        for row in EXTENSION_ROWS:
+            per_world[row].update(prev["test_per_world"].get(row, {}))
+        source.update({str(w): str(previous) for w in prev["design"]["complete_worlds"]})
+    curves: dict[str, list[list[dict[str, float]]]] = {row: [] for row in EXTENSION_ROWS}
+    for world in sorted(work.glob("world*")):
+        if world.name in skip or not world.is_dir():
+            continue
+        seed = world.name[len("world"):]
+        if seed in source:
+            raise SystemExit(f"{world}: world {seed} is already in {previous}")
+        rows = world_rows(world, chosen)
+        for row in EXTENSION_ROWS:
+            if row in rows:
+                per_world[row][seed] = round(rows[row]["test"]["R@1"], 2)
+                curves[row].append(rows[row]["curve"])
+        if rows:
+            source[seed] = str(work)
+    out: dict[str, Any] = {"design": {"base_epochs": base_epochs, "continuation_epochs": cont_epochs,
+                                      "worlds": source, "chosen": chosen}}  # fmt: skip
+    out["test_per_world"] = per_world
+    out["test"] = {row: {"R@1": interval(list(v.values()))} for row, v in per_world.items() if v}
+    pairs = {}
+    for a, b, what in EXTENSION_PAIRS:
+        common = sorted(set(per_world[a]) & set(per_world[b]), key=int)
+        if len(common) >= 2:
+            pairs[f"{a} - {b}"] = {**paired([per_world[a][w] for w in common], [per_world[b][w] for w in common]),
+                                   "worlds": [int(w) for w in common], "what": what}  # fmt: skip
+    out["paired_R@1"] = pairs
+    out["val_curves"] = {}
+    for row, cs in curves.items():
+        if cs:
+            mean = _mean_curve(cs)
+            out["val_curves"][row] = {"worlds": len(cs), "mean_val_R@1": mean,
+                                      "last3_change": round(mean[-1] - mean[-3], 2) if len(mean) >= 3 else None}  # fmt: skip
+    return out
+
+
+def extension_markdown(out: dict[str, Any]) -> str:
+    lines = ["# Evidence, more worlds for the key rows (benchmarks/evidence.py extend)", "",
+             "Worlds and where they ran: " + ", ".join(f"{w} ({s})" for w, s in out["design"]["worlds"].items()), "",
+             "## Test R@1, mean +- 95% t interval over worlds", "", "| row | worlds | R@1 |", "|---|---|---|"]  # fmt: skip
+    for row, t in out["test"].items():
+        lines.append(f"| {LABELS[row]} | {t['R@1']['n']} | {t['R@1']['mean']:.1f} +- {t['R@1']['ci95']:.1f} |")
+    lines += ["", "## Paired test R@1 differences (budget-matched)", "",
+              "| difference | what it measures | worlds | mean +- 95% CI | sd | wins/losses/ties | t p | MDD | pairs for MDD 2 |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, p in out["paired_R@1"].items():
+        lines.append(f"| {key} | {p['what']} | {p['n']} | {p['mean']:+.1f} +- {p['ci95']:.1f} | {p['sd']} | "
+                     f"{p['wins']}/{p['losses']}/{p['ties']} | {p['t_p']} | {p['mdd']} | {p['pairs_for_mdd_2']} |")
+    lines += ["", "## Val curves of this run's worlds (mean val R@1 per epoch)", ""]
+    for row, c in out["val_curves"].items():
+        lines.append(f"- {row} ({c['worlds']} worlds; change over the last 3 epochs {c['last3_change']}): "
+                     f"{c['mean_val_R@1']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_extension(work: Path, out_prefix: Path, previous: Path | None = None, **design: Any) -> dict[str, Any]:
+    out = extension(work, previous, **design)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out_prefix}.json").write_text(json.dumps(out, indent=1))
+    Path(f"{out_prefix}.md").write_text(extension_markdown(out))
+    print(extension_markdown(out))
     return out

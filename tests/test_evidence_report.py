@@ -49,6 +49,55 @@ def test_grid_is_the_full_product_and_controls_share_uniforms_lambda():
         assert evidence.ROWS[row]["lambda_of"] == "uniform"
 
 
+def test_world_ranges():
+    assert evidence.world_range("5-8") == (5, 6, 7, 8)
+    assert evidence.world_range("5,7,9-10") == (5, 7, 9, 10)
+
+
+def _result(path, r1, curve=(40.0, 45.0, 46.0)):
+    import json
+
+    path.mkdir(parents=True, exist_ok=True)
+    points = [{"epoch": e, "val/R@1": v} for e, v in enumerate(curve)]
+    test = {"R@1": r1 / 100, "R@5": 0.9, "R@10": 0.95}
+    rec = {"test": test, "selected": points[-1], "val_curve": points, "targets": [], "seconds": 1.0}
+    (path / "result.json").write_text(json.dumps(rec))
+
+
+def test_extension_pools_an_earlier_report_with_new_worlds(tmp_path):
+    """Worlds 0-1 from an earlier report, 5-6 run here (6 without its scratch row): each comparison is
+    paired over the worlds where both rows finished, with the known mean differences."""
+    import json
+
+    chosen = {"lambda0": {"distill_weight": 0.0, "tau": 5, "alpha": 1.0},
+              "uniform": {"distill_weight": 10.0, "tau": 5, "alpha": 1.0},
+              "self_distill": {"distill_weight": 10.0, "tau": 5, "alpha": 1.0}}  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "chosen.json").write_text(json.dumps({"tune_seed": 100, "confirm_seed": 101, "chosen": chosen}))
+    previous = tmp_path / "previous.json"
+    previous.write_text(json.dumps({"design": {"complete_worlds": [0, 1]}, "test_per_world": {
+        "lambda0": {"0": 40.0, "1": 50.0}, "uniform": {"0": 44.0, "1": 52.0}, "self_distill": {"0": 41.0, "1": 50.0},
+        "baseline_full": {"0": 39.0, "1": 48.0}}}))  # fmt: skip
+    for seed, (lam0, uni, scratch) in {5: (45.0, 51.0, 50.0), 6: (42.0, 44.0, None)}.items():
+        world = work / f"world{seed}"
+        _result(world / "lambda0" / "lam0_tau5_alpha1", lam0)
+        _result(world / "uniform" / "lam10_tau5_alpha1", uni)
+        if scratch is not None:
+            _result(world / "scratch" / "lam10_tau5_alpha1", scratch)
+    _result(work / "world100" / "lambda0" / "lam0_tau5_alpha1", 99.0)  # the tuning world never counts
+    out = report.extension(work, previous, base_epochs=24, cont_epochs=6)
+    assert out["test_per_world"]["uniform"] == {"0": 44.0, "1": 52.0, "5": 51.0, "6": 44.0}
+    # uniform - lambda0 over worlds 0, 1, 5, 6: 4, 2, 6, 2
+    p = out["paired_R@1"]["uniform - lambda0"]
+    assert (p["worlds"], p["mean"], p["wins"]) == ([0, 1, 5, 6], 3.5, 4)
+    assert out["paired_R@1"]["uniform - self_distill"]["worlds"] == [0, 1]
+    assert "scratch - uniform" not in out["paired_R@1"]  # one world only
+    assert out["val_curves"]["lambda0"] == {"worlds": 2, "mean_val_R@1": [40.0, 45.0, 46.0], "last3_change": 6.0}
+    assert out["design"]["worlds"] == {"0": str(previous), "1": str(previous), "5": str(work), "6": str(work)}
+    assert "| uniform - lambda0 |" in report.extension_markdown(out)
+
+
 @pytest.mark.slow
 def test_the_whole_experiment_runs_on_the_tiny_preset(tmp_path, repo_root):
     """Every phase of benchmarks/run_evidence.sh, --smoke: a report with every row, the oracle's mass on
