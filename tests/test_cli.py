@@ -94,3 +94,60 @@ def test_bad_config_keys_get_a_short_message_naming_the_config(tmp_path, repo_ro
     assert out.returncode == 2
     assert f"structvpr fit: bad configuration in {bad}" in out.stderr and "Option 'lrr' is not accepted" in out.stderr
     assert "usage:" not in out.stderr and len(out.stderr.splitlines()) < 12
+
+
+def _msls_tree(root):
+    """Two MSLS val cities in the official layout, with random pixels so descriptors differ."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.data.test_formats import _write_msls_val_city
+
+    rng = np.random.default_rng(0)
+    for city in ("cph", "sf"):
+        _write_msls_val_city(root, city, rng)
+    for path in sorted(root.rglob("*.jpg")):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tiny_world, tmp_path_factory, repo_root):
+    """A baseline trained through the CLI at 32x64 (TINY)."""
+    out = tmp_path_factory.mktemp("cli-student")
+    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
+                    f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={out}",
+                    "--trainer.logger=false", *TINY])  # fmt: skip
+    return cli.trainer.checkpoint_callback.best_model_path
+
+
+def test_test_feeds_the_checkpoint_its_training_size_unless_the_command_line_sets_another(student_ckpt, tmp_path,
+                                                                                         repo_root, capsys):  # fmt: skip
+    """A student trained at 32x64, tested through msls_val.yaml (480x640): tested at 32x64, with the
+    same recall as when that size is given by hand; a size forced on the command line warns naming both."""
+    _msls_tree(tmp_path / "msls")
+    common = ["--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), "--ckpt_path",
+              student_ckpt, f"--data.init_args.root={tmp_path / 'msls'}", "--data.init_args.num_workers=0",
+              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+              f"--trainer.default_root_dir={tmp_path / 'out'}"]  # fmt: skip
+    auto = cli_main(["test", *common])
+    assert auto.datamodule.image_size == (32, 64)
+    assert "was trained on 32x64 images: using that size instead of the configured 480x640" in capsys.readouterr().err
+    assert auto.model.test_results["num_queries"] > 0
+    by_hand = cli_main(["test", *common, "--data.init_args.image_size=[32, 64]"])
+    assert by_hand.model.test_results == auto.model.test_results
+    with pytest.warns(UserWarning, match="trained on 32x64 images, but --data.init_args.image_size asks for 40x80"):
+        forced = cli_main(["test", *common, "--data.init_args.image_size=[40, 80]"])
+    assert forced.datamodule.image_size == (40, 80)
+
+
+def test_a_checkpoint_with_another_normalisation_is_refused(student_ckpt, tmp_path):
+    import torch
+
+    from structvpr.cli import CheckpointMismatchError, checkpoint_input_size
+
+    ckpt = torch.load(student_ckpt, weights_only=True)
+    assert checkpoint_input_size(student_ckpt) == [32, 64]
+    ckpt["structvpr_input"]["mean"] = [0.5, 0.5, 0.5]
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointMismatchError, match=r"other.ckpt was trained with normalisation mean \[0.5, 0.5"):
+        checkpoint_input_size(tmp_path / "other.ckpt")

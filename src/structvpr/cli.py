@@ -56,6 +56,59 @@ def check_checkpoint_matches(ckpt_path: str | Path, model_config: Any) -> None:
         raise CheckpointMismatchError(f"{ckpt_path} does not fit the config's model: {'; '.join(diffs)}")
 
 
+#: Command-line options that set the input size on purpose (they win over the checkpoint's size).
+SIZE_OPTIONS = ("--data.init_args.image_size", "--data.image_size")
+
+
+def checkpoint_input_size(ckpt_path: str | Path) -> list[int] | None:
+    """The ``(H, W)`` a student checkpoint records it was trained on (``structvpr_input``), if any.
+
+    Raises:
+        CheckpointMismatchError: when the checkpoint records a normalisation other than the
+            ImageNet mean and std every structvpr data source applies.
+    """
+    import torch
+
+    from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    spec = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("structvpr_input") or {}
+    for name, expected in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        found = spec.get(name)
+        if found is not None and [round(float(v), 4) for v in found] != [round(float(v), 4) for v in expected]:
+            raise CheckpointMismatchError(f"{ckpt_path} was trained with normalisation {name} {list(found)}, but "
+                                          f"structvpr's data sources normalise with {list(expected)}")  # fmt: skip
+    size = spec.get("image_size")
+    return [int(v) for v in size] if size else None
+
+
+def apply_checkpoint_input_size(config: Any, args: Sequence[str]) -> str | None:
+    """Feed ``test``/``validate``/``predict`` the size the checkpoint was trained at.
+
+    A size set on the command line (``--data.init_args.image_size``) is kept, with a warning
+    naming both sizes; a size from a config file or the default gives way to the checkpoint's.
+    Returns the message it printed or warned (None when the sizes agree or nothing is recorded).
+    """
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or not Path(ckpt_path).is_file() or config.get("data") is None:
+        return None
+    trained = checkpoint_input_size(ckpt_path)
+    key = "data.init_args.image_size" if "data.init_args" in config else "data.image_size"
+    current = config.get(key)
+    if trained is None or current is None or [int(v) for v in current] == trained:
+        return None
+    shown = f"{trained[0]}x{trained[1]}", f"{int(current[0])}x{int(current[1])}"
+    if any(a == opt or a.startswith(opt + "=") for a in args for opt in SIZE_OPTIONS):
+        message = (f"{ckpt_path} was trained on {shown[0]} images, but --data.init_args.image_size asks for "
+                   f"{shown[1]}: recall at a size the model never saw is usually far lower")  # fmt: skip
+        warnings.warn(message, stacklevel=2)
+        return message
+    config[key] = trained
+    message = (f"{ckpt_path} was trained on {shown[0]} images: using that size instead of the configured "
+               f"{shown[1]} (set --data.init_args.image_size on the command line to force another)")  # fmt: skip
+    print(message, file=sys.stderr)
+    return message
+
+
 def _cli_class() -> Any:
     from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
@@ -83,7 +136,17 @@ def _cli_class() -> Any:
           (else ``<default_root_dir>/checkpoints``), the same for every run of a config, so
           ``--ckpt_path last`` finds the previous run's ``last.ckpt``; when there is none it fails.
         - Checkpoints are read with ``weights_only=True``.
+        - ``test``, ``validate`` and ``predict`` feed a student checkpoint the image size it
+          records (:func:`apply_checkpoint_input_size`).
         """
+
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            self.cli_args = [str(a) for a in args] if isinstance(args, (list, tuple)) else sys.argv[1:]
+            super().parse_arguments(parser, args)
+
+        def before_instantiate_classes(self) -> None:
+            if self.subcommand in ("test", "validate", "predict"):
+                apply_checkpoint_input_size(self.config[self.subcommand], self.cli_args)
 
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
