@@ -117,6 +117,7 @@ def train_query_ranks(ckpt: str, root: Path, key: str = "image", max_rank: int =
     the model's own evaluation transform; keyed by the query's file name.
     """
     from structvpr import SegTeacher, StructVPRStudent
+    from structvpr.bank import encode_loader
     from structvpr.data.datamodule import VPRDataModule
     from structvpr.metrics.recall import first_positive_rank
 
@@ -126,7 +127,7 @@ def train_query_ranks(ckpt: str, root: Path, key: str = "image", max_rank: int =
     dm.setup("fit")
     bank = dm.training_tuples.bank
     loader = dm.train_images_dataloader(None, "label" if key != "image" else "image")
-    desc = model.encode_loader(loader, model.encoder, "label" if key != "image" else "image")
+    desc = encode_loader(model.encoder, loader, "label" if key != "image" else "image")
     n_db = bank.num_database
     utm = bank.utm
     ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], max_rank, query_utm=utm[n_db:], database_utm=utm[:n_db],

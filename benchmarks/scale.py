@@ -66,21 +66,39 @@ class _Bank:
         self.with_labels = False
 
 
+class _StandInBank:
+    """A bank (structvpr.protocols.Bank) of the stand-in task: one fixed random descriptor per image id."""
+
+    dim = DIM
+
+    def __init__(self, task: _StandIn, salt: int) -> None:
+        self.task, self.salt = task, salt
+
+    def descriptors(self, ids: np.ndarray) -> torch.Tensor:
+        return self.task.encode(ids, self.salt)
+
+    def encode(self, ids: np.ndarray, encoder: Any = None) -> torch.Tensor:
+        return self.task.encode(ids, self.salt)
+
+    def set_storage(self, dtype: torch.dtype = torch.float32, memmap_dir: Any = None) -> None:
+        pass
+
+
 class _StandIn:
-    """A task satisfying structvpr.protocols.DistillationTask whose encoders return a fixed random
+    """A task satisfying structvpr.protocols.DistillationTask whose banks return a fixed random
     descriptor per image id (normalised)."""  # noqa: D205
 
     def __init__(self, num_queries: int) -> None:
         self.hparams = {"search_backend": "torch"}
         self.device = torch.device("cpu")
-        self.encode_dtype = torch.float32
         self.images_encoded = 0
         self.sample_weights = torch.ones(num_queries)
+        self.banks = {"student": _StandInBank(self, 0), "teacher": _StandInBank(self, 7)}
         self._memo: dict[int, tuple[bytes, torch.Tensor]] = {}
 
-    def _encode(self, ids: np.ndarray, salt: int) -> torch.Tensor:
+    def encode(self, ids: np.ndarray, salt: int) -> torch.Tensor:
         ids = np.asarray(ids, dtype=np.int64)
-        if salt in self._memo and self._memo[salt][0] == ids.tobytes():  # the task shares one pass per update
+        if salt in self._memo and self._memo[salt][0] == ids.tobytes():  # a bank shares one pass per update
             return self._memo[salt][1]
         self.images_encoded += len(ids)
         # one cheap generator draw per image id: deterministic, no table of the whole bank
@@ -89,18 +107,6 @@ class _StandIn:
         desc = torch.nn.functional.normalize(desc - desc.mean(1, keepdim=True), dim=1)
         self._memo[salt] = (ids.tobytes(), desc)
         return desc
-
-    def training_descriptors(self, ids: np.ndarray) -> torch.Tensor:
-        return self._encode(ids, 0)
-
-    def encode_images(self, ids: np.ndarray) -> torch.Tensor:
-        return self._encode(ids, 0)
-
-    def teacher_descriptors(self, ids: np.ndarray) -> torch.Tensor:
-        return self._encode(ids, 7)
-
-    def teacher_rank_descriptors(self, ids: np.ndarray) -> torch.Tensor:
-        return self._encode(ids, 7)
 
     def set_sample_weights(self, indices: torch.Tensor, weights: torch.Tensor) -> None:
         self.sample_weights[indices] = weights

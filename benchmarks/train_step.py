@@ -68,8 +68,8 @@ def main() -> None:
             model.teacher_cached = bool(model.hparams.cache_teacher)
             if model.teacher_cached:
                 start = time.perf_counter()
-                desc = model.encode_loader(dm.train_images_dataloader(ids, "label"), model.teacher, key="label")
-                model._descriptors["teacher"] = (model._teacher_version, ids, desc)  # the sub-epoch's cache
+                model.banks["teacher"].bind(dm.train_images_dataloader)
+                model.banks["teacher"].descriptors(ids)  # the sub-epoch's teacher pass
                 cache_seconds = time.perf_counter() - start
     optims = {name: model.configure_optimizers() for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}

@@ -11,7 +11,7 @@ from structvpr.data.labels import cityscapes_grouping
 from structvpr.data.vg import read_split
 from structvpr.losses import distillation_loss, triplet_margin_loss
 from structvpr.models import PlaceEncoder
-from structvpr.protocols import DistillationTask, TrainingData
+from structvpr.protocols import Bank, DistillationTask, TrainingData
 
 
 class _Inputs(Dataset):
@@ -47,6 +47,27 @@ class ThirdPartyData(pl.LightningDataModule):
         return DataLoader(self.tuples, batch_size=4, shuffle=True)
 
 
+class ThirdPartyBank:
+    """A bank of its own (structvpr.protocols.Bank): encodes on request, keeps nothing."""
+
+    def __init__(self, task, encoder, key):
+        self.task, self.encoder, self.key = task, encoder, key
+
+    @property
+    def dim(self):
+        return self.encoder.pooled_dim
+
+    def encode(self, ids, encoder=None):
+        loader = self.task.trainer.datamodule.train_images_dataloader(np.asarray(ids), self.key)
+        with torch.no_grad():
+            return torch.cat([(encoder or self.encoder).eval().pooled(b["x"]) for b in loader])
+
+    descriptors = encode
+
+    def set_storage(self, dtype=torch.float32, memmap_dir=None):
+        assert dtype == torch.float32 and memmap_dir is None
+
+
 class ThirdPartyTask(pl.LightningModule):
     """Encodes on request without caching; owns its sample weights."""
 
@@ -54,25 +75,9 @@ class ThirdPartyTask(pl.LightningModule):
         super().__init__()
         self.student, self.teacher = PlaceEncoder(3), PlaceEncoder(5).requires_grad_(False)
         self.register_buffer("sample_weights", torch.ones(num_queries))
-        self.encode_dtype = torch.float32
+        self.banks = {"student": ThirdPartyBank(self, self.student, "image"),
+                      "teacher": ThirdPartyBank(self, self.teacher, "label")}
         self.hparams["search_backend"] = "torch"
-
-    def _encode(self, ids, encoder, key):
-        loader = self.trainer.datamodule.train_images_dataloader(np.asarray(ids), key)
-        with torch.no_grad():
-            return torch.cat([encoder.eval().pooled(b["x"]) for b in loader])
-
-    def training_descriptors(self, ids):
-        return self._encode(ids, self.student, "image")
-
-    def encode_images(self, ids):
-        return self._encode(ids, self.student, "image")
-
-    def teacher_descriptors(self, ids):
-        return self._encode(ids, self.teacher, "label")
-
-    def teacher_rank_descriptors(self, ids):
-        return self._encode(ids, self.teacher, "label")
 
     def set_sample_weights(self, indices, weights):
         self.sample_weights[indices] = weights.to(self.sample_weights)
@@ -93,6 +98,7 @@ def test_third_party_datamodule_and_task_run_mining_and_weighting(tiny_world, tm
     data = ThirdPartyData(tiny_world)
     task = ThirdPartyTask(data.tuples.num_training_queries)
     assert isinstance(data, TrainingData) and isinstance(task, DistillationTask)
+    assert all(isinstance(b, Bank) for b in task.banks.values())
     mining, weighting = HardNegativeMining(), SampleWeighting(ranks="subepoch")
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),

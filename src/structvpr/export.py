@@ -65,11 +65,11 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Seq
         raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
     student = StructVPRStudent.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     spec: dict[str, Any] = student.input_spec()
-    size = list(image_size) if image_size is not None else spec.get("image_size")
     trained = spec.get("image_size")
-    if image_size is not None and trained is not None and [int(v) for v in size] != [int(v) for v in trained]:
+    size = list(image_size) if image_size is not None else trained
+    if image_size is not None and trained is not None and [int(v) for v in image_size] != [int(v) for v in trained]:
         warnings.warn(f"{ckpt} was trained on {trained[0]}x{trained[1]} images; exporting with an example input of "
-                      f"{size[0]}x{size[1]} as asked (the file records {size[0]}x{size[1]})", stacklevel=2)  # fmt: skip
+                      f"{image_size[0]}x{image_size[1]} as asked (the file records that size)", stacklevel=2)  # fmt: skip
     if size is None:
         raise ValueError(f"{ckpt}: records no input size; give image_size (H, W)")
     spec["image_size"] = [int(v) for v in size]

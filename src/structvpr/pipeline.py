@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from structvpr.cli import cli_main
+from structvpr.lightning_cli import cli_main
 from structvpr.reports import recall_table
 
 ROWS = {
@@ -75,6 +75,8 @@ def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir
         ``{"results": {row: recall dict}, "seconds": {stage: wall time}, "checkpoints": {...}}``.
 
     """
+    from structvpr.callbacks.export import ExportStudent
+
     config_dir, out = Path(config_dir), Path(out_dir)
     for name in ("teacher", "baseline", "distill"):
         if not (config_dir / f"{name}.yaml").is_file():
@@ -94,7 +96,7 @@ def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir
         config = config_dir / f"{'distill' if stage in _FROM_BASELINE else stage}.yaml"
         cli = fit_stage(config, out / stage, overrides)
         if stage in _FROM_BASELINE:
-            exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
+            exporter = next(c for c in cli.trainer.callbacks if isinstance(c, ExportStudent))
             ckpts[stage] = str(exporter.path)
         else:
             ckpts[stage] = best_checkpoint(cli)

@@ -2,13 +2,14 @@
 
 A datamodule of another project runs :class:`~structvpr.callbacks.HardNegativeMining` and
 :class:`~structvpr.callbacks.SampleWeighting` by satisfying :class:`TrainingData`; a task by
-satisfying :class:`DescriptorTask` (mining, PCA) or :class:`DistillationTask` (weighting).
+satisfying :class:`DescriptorTask` (mining, PCA) or :class:`DistillationTask` (weighting): both read
+descriptors from the task's :class:`Bank` objects (``task.banks``), nothing else of it.
 Callbacks check them with ``isinstance`` in ``setup`` and then use nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -70,33 +71,39 @@ class TrainingData(Protocol):
 
 
 @runtime_checkable
-class DescriptorTask(Protocol):
-    """A task that encodes training images on request (mining, PCA fitting)."""
+class Bank(Protocol):
+    """Descriptors of training images under one encoder's current weights (:class:`~structvpr.bank.DescriptorBank`)."""
 
-    #: Storage type of the per-sub-epoch descriptors.
-    encode_dtype: torch.dtype
+    @property
+    def dim(self) -> int: ...
 
-    def training_descriptors(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """``(len(ids), D)`` descriptors of training images with the current weights."""
+    def descriptors(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """``(len(ids), D)`` descriptors with the current weights (encoded once per weights version)."""
         ...
 
-    def encode_images(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """``(len(ids), D)`` descriptors computed now, with no cache."""
+    def encode(self, ids: Sequence[int] | np.ndarray, encoder: Any = None) -> torch.Tensor:
+        """``(len(ids), D)`` descriptors computed now and not kept; ``encoder``: another network on the same input."""
+        ...
+
+    def set_storage(self, dtype: torch.dtype = torch.float32, memmap_dir: Any = None) -> None:
+        """float32 or float16, in memory or memory-mapped under ``memmap_dir``."""
         ...
 
 
 @runtime_checkable
+class DescriptorTask(Protocol):
+    """A task whose training images' descriptors mining, weighting and PCA read from its banks."""
+
+    #: One bank per encoder: ``student`` always; ``teacher`` for a :class:`DistillationTask`.
+    banks: Mapping[str, Bank]
+
+
+@runtime_checkable
 class DistillationTask(DescriptorTask, Protocol):
-    """A task that also encodes label maps with its teacher and owns per-query sample weights."""
+    """A task with a teacher bank (``banks["teacher"]``) that owns per-query sample weights."""
 
     #: ``(num_training_queries,)`` weights, indexed by ``batch["index"]``; the task owns them.
     sample_weights: torch.Tensor
-
-    def teacher_descriptors(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor: ...
-
-    def teacher_rank_descriptors(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Teacher descriptors computed now, with no cache (for ranks over a whole database)."""
-        ...
 
     def set_sample_weights(self, indices: torch.Tensor, weights: torch.Tensor) -> None: ...
 

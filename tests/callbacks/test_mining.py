@@ -2,6 +2,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from structvpr.bank import DescriptorBank, encode_loader
 from structvpr.callbacks import HardNegativeMining
 from structvpr.callbacks.mining import mine_hardest, nearest_positive
 from structvpr.tasks import StructVPRStudent
@@ -47,7 +48,7 @@ class _Probe(pl.Callback):
         table = ds.tuples.numpy().copy()
         self.tables.append(table)
         n_db = ds.bank.num_database
-        desc = pl_module.encode_loader(trainer.datamodule.train_images_dataloader())
+        desc = encode_loader(pl_module.encoder, trainer.datamodule.train_images_dataloader())
         for q, p, *negs in table.tolist():
             qd = desc[ds.query_image_index(q)]
             d = (desc[:n_db] - qd).pow(2).sum(1)
@@ -84,12 +85,12 @@ def test_every_tuple_trains_on_what_its_own_subepoch_mined(tiny43_world, tmp_pat
 def test_mining_encodes_only_its_queries_positives_and_pool(tiny43_world, tmp_path):
     class Count(pl.Callback):
         def on_fit_start(self, trainer, pl_module):
-            self.before = pl_module.images_encoded  # runs before the miner's first sub-epoch (callback order)
+            self.before = pl_module.banks["student"].images_encoded  # runs before the miner's first sub-epoch (callback order)
 
     class After(pl.Callback):
         def on_fit_start(self, trainer, pl_module):
             ds = trainer.datamodule.train_dataset
-            self.encoded = pl_module.images_encoded - count.before
+            self.encoded = pl_module.banks["student"].images_encoded - count.before
             self.expected = len(ds) + len(ds.subepoch_database)
             positives = np.concatenate([ds.positives[q] for q in ds.tuples[:, 0].tolist()])
             self.pool = len(np.setdiff1d(ds.subepoch_database, positives))
@@ -109,7 +110,7 @@ def test_float16_descriptors_halve_the_sub_epoch_cache_and_mine_alike(tiny43_wor
 
         class Keep(pl.Callback):
             def on_train_epoch_start(self, trainer, pl_module, name=dtype):
-                dtypes[name] = pl_module._descriptors["student"][2].dtype
+                dtypes[name] = pl_module.banks["student"].array.dtype
                 tables[name] = trainer.datamodule.train_dataset.tuples.clone()
 
         pl.seed_everything(0)
@@ -121,11 +122,9 @@ def test_float16_descriptors_halve_the_sub_epoch_cache_and_mine_alike(tiny43_wor
 
 
 def test_memory_mapped_descriptors_mine_the_same_tuples(tiny43_world, tmp_path, monkeypatch):
-    from structvpr.tasks.base import VPRTask
-
     made = []
-    original = VPRTask._memmap_array
-    monkeypatch.setattr(VPRTask, "_memmap_array", lambda self, *a: made.append(a) or original(self, *a))
+    original = DescriptorBank._memmap_array
+    monkeypatch.setattr(DescriptorBank, "_memmap_array", lambda self, *a: made.append(a) or original(self, *a))
     tables = {}
     for memmap in (None, str(tmp_path / "mm")):
 

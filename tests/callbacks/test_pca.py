@@ -4,6 +4,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from structvpr.bank import encode_loader
 from structvpr.callbacks import FitPCAWhitening
 from structvpr.models import PCAWhitening
 from structvpr.tasks import StructVPRStudent
@@ -22,7 +23,7 @@ def test_pca_is_refitted_before_each_validation_and_saved_with_the_weights(tiny_
     # (the last validation closes training), fitted by hand.
     n = min(40, dm.train_images.num_database)
     ids = np.sort(np.random.default_rng(1).choice(dm.train_images.num_database, n, replace=False))
-    desc = model.encode_loader(DataLoader(Subset(dm.train_images, ids.tolist()), batch_size=32))
+    desc = encode_loader(model.encoder, DataLoader(Subset(dm.train_images, ids.tolist()), batch_size=32))
     reference = PCAWhitening(model.encoder.pooled_dim, 8)
     reference.fit(desc)
     torch.testing.assert_close(model.encoder.pca.projection, reference.projection, atol=1e-4, rtol=1e-3)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from structvpr.bank import encode_loader
 from structvpr.callbacks.weighting import (
     CONSISTENT,
     NOISY,
@@ -68,7 +69,7 @@ def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world
             subset = ds.subepoch_database
             out, sub = {}, {}
             for name, encoder, key in (("student", pl_module.encoder, "image"), ("teacher", pl_module.teacher, "label")):
-                desc = pl_module.encode_loader(dm.train_images_dataloader(None, key), encoder, key)
+                desc = encode_loader(encoder, dm.train_images_dataloader(None, key), key)
                 out[name], _ = first_positive_rank(desc[q_ids], desc[:n_db], 100, query_utm=utm[q_ids],
                                                    database_utm=utm[:n_db])  # fmt: skip
                 sub[name], _ = first_positive_rank(desc[q_ids], desc[subset], 100, query_utm=utm[q_ids],
@@ -143,7 +144,7 @@ def test_per_image_weights_rank_every_tuple_image_without_itself(trained, tiny_w
             utm, database = ds.utm.numpy().astype(np.float64), ds.subepoch_database
             ranks = {}
             for name, encoder, key in (("student", pl_module.encoder, "image"), ("teacher", pl_module.teacher, "label")):
-                desc = pl_module.encode_loader(dm.train_images_dataloader(None, key), encoder, key).numpy()
+                desc = encode_loader(encoder, dm.train_images_dataloader(None, key), key).numpy()
                 ranks[name] = brute_ranks(desc.astype(np.float64), ids, database, utm)
             self.ids, self.ranks = ids, ranks
             self.image_weights = pl_module.image_weights.clone()

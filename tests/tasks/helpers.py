@@ -49,10 +49,12 @@ class RecordSubepoch(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch != 0:
             return
-        _, ids, desc = pl_module._descriptors["student"]
+        bank = pl_module.banks["student"]
+        ids, desc = bank.ids, bank.array
         record = {"tuples": trainer.datamodule.train_dataset.tuples.clone(), "ids": torch.from_numpy(ids),
                   "descriptors": desc.cpu(), "weights": pl_module.sample_weights.cpu(),
-                  "encoded": pl_module.images_encoded, "bank": len(trainer.datamodule.train_images)}
+                  "encoded": sum(b.images_encoded for b in pl_module.banks.values()),
+                  "bank": len(trainer.datamodule.train_images)}
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         torch.save(record, Path(self.out_dir) / f"subepoch_rank{trainer.global_rank}.pt")
 

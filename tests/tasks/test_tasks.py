@@ -5,6 +5,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from structvpr.bank import encode_loader
 from structvpr.callbacks import ExportStudent, HardNegativeMining, SampleWeighting
 from structvpr.tasks import StructVPRDistillation, StructVPRStudent
 from tests.tasks.helpers import RecordWeights, _dm, _trainer
@@ -35,7 +36,7 @@ class _Targets(pl.Callback):
         targets = pl_module.teacher_targets(batch)
         with torch.no_grad():
             online = pl_module.teacher.pooled(batch["label"].flatten(0, 1)).view_as(targets)
-        cached = pl_module.teacher_descriptors(batch["image_index"].flatten().numpy()).view_as(targets)
+        cached = pl_module.banks["teacher"].descriptors(batch["image_index"].flatten().numpy()).view_as(targets)
         self.online_diff.append((targets - online).abs().max().item())
         self.cache_diff.append((targets - cached).abs().max().item())
 
@@ -333,8 +334,7 @@ def test_self_distillation_control_distils_an_rgb_teacher_on_the_rgb_images(trai
                 pl_module.teacher_cached = True
                 ids = batch["image_index"].flatten().numpy()
                 ds = trainer.datamodule.train_dataset
-                plain = pl_module.encode_loader(trainer.datamodule.train_images_dataloader(ids, "image"),
-                                                baseline.encoder, "image")  # fmt: skip
+                plain = encode_loader(baseline.encoder, trainer.datamodule.train_images_dataloader(ids, "image"))
                 seen["cached"] = (pl_module.teacher_targets(batch).flatten(0, 1) - plain).abs().max().item()
                 seen["n"] = len(np.unique(ids)), ds.num_database
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -30,7 +29,7 @@ class HardNegativeMining(pl.Callback):
     query with fewer than ``M`` valid negatives in the pool (a pool mostly within its
     radius) gets random ones for the missing places; their count is logged. Search runs on
     the model's device through :func:`structvpr.retrieval.search.knn`. The encoding is the
-    task's shared per-update descriptors (``training_descriptors``), which
+    task's student bank (``task.banks['student']``, a :class:`~structvpr.bank.DescriptorBank`), which
     :class:`~structvpr.callbacks.SampleWeighting` reuses; under DDP each process encodes its
     share and the tuples are broadcast from rank 0.
 
@@ -85,15 +84,12 @@ class HardNegativeMining(pl.Callback):
         if not isinstance(data, TrainingData):
             raise TypeError(f"HardNegativeMining needs a datamodule satisfying structvpr.protocols.TrainingData "
                             f"(training_tuples, train_images_dataloader), got {type(data).__name__}")  # fmt: skip
-        if not isinstance(pl_module, DescriptorTask):
+        if not isinstance(pl_module, DescriptorTask) or "student" not in pl_module.banks:
             raise TypeError(f"HardNegativeMining needs a task satisfying structvpr.protocols.DescriptorTask "
-                            f"(training_descriptors, encode_images), got {type(pl_module).__name__}")  # fmt: skip
+                            f"(banks['student']), got {type(pl_module).__name__}")  # fmt: skip
         self._data, self._task, self._trainer = data, pl_module, trainer
-        pl_module.encode_dtype = getattr(torch, self.descriptor_dtype)
-        if self.descriptor_memmap_dir is not None:
-            if not hasattr(pl_module, "encode_memmap_dir"):
-                raise TypeError(f"descriptor_memmap_dir needs a task with encode_memmap_dir, got {type(pl_module).__name__}")
-            setattr(pl_module, "encode_memmap_dir", Path(self.descriptor_memmap_dir))  # noqa: B010
+        for bank in pl_module.banks.values():  # every sub-epoch array the task holds: teacher targets too
+            bank.set_storage(getattr(torch, self.descriptor_dtype), self.descriptor_memmap_dir)
 
     @property
     def _tuples(self) -> TupleTable:
@@ -136,7 +132,7 @@ class HardNegativeMining(pl.Callback):
         gps_positives = [dataset.positives[q] for q in queries]
         database = np.union1d(np.concatenate(gps_positives), pool)
         # One request, one encoding pass: database ids < query ids, so rows stay in this order.
-        desc = self._task.training_descriptors(np.concatenate([database, dataset.query_image_index(queries)]))
+        desc = self._task.banks["student"].descriptors(np.concatenate([database, dataset.query_image_index(queries)]))
         db_desc, q_desc = desc[: len(database)], desc[len(database) :]
         if self.positive == "nearest":
             positives = nearest_positive(q_desc, db_desc, database, list(gps_positives))

@@ -7,14 +7,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from structvpr.models.aggregators import NetVLAD
+from structvpr.models.aggregators import NetVLAD, init_netvlad
 from structvpr.protocols import TrainingData, datamodule_of
 
 
 class InitNetVLAD(pl.Callback):
     """Initialise an uninitialised NetVLAD as the original NetVLAD does (k-means over local features).
 
-    Every task with a NetVLAD aggregator adds it itself (``configure_callbacks``). It runs in
+    Every task with a NetVLAD aggregator does the same itself at the start of a fresh fit
+    (``VPRTask.setup``, with ``kmeans_images`` images); add this callback for other settings. It runs in
     ``setup``, before any other callback encodes (mining mines the first sub-epoch in
     ``on_fit_start``), and not when a fit resumes from a checkpoint (its centroids come back).
     Rank 0's centroids are broadcast, so every process starts from the same ones.
@@ -40,19 +41,5 @@ class InitNetVLAD(pl.Callback):
         data = datamodule_of(trainer)
         if not isinstance(data, TrainingData):
             raise TypeError("InitNetVLAD needs a datamodule satisfying structvpr.protocols.TrainingData")
-        n = len(data.training_tuples.utm)
-        gen = torch.Generator().manual_seed(self.seed)
-        picks = torch.randperm(n, generator=gen)[: self.num_images].sort().values.numpy()
-        was_training = encoder.training
-        encoder.eval()
-        feats = []
-        for batch in data.train_images_dataloader(picks, getattr(pl_module, "input_key", "image")):
-            inputs = next(v for k, v in batch.items() if k != "index")
-            for fmap in encoder.features(inputs):
-                local = fmap.flatten(1).T  # (hw, C)
-                feats.append(local[torch.randperm(local.shape[0], generator=gen)[: self.per_image]].cpu())
-        encoder.train(was_training)
-        agg.init_clusters(torch.cat(feats), seed=self.seed)
-        for p in (agg.centroids, agg.conv.weight, agg.conv.bias):
-            assert p is not None
-            p.data.copy_(trainer.strategy.broadcast(p.data, src=0))
+        init_netvlad(trainer, encoder, data, getattr(pl_module, "input_key", "image"), self.num_images,
+                     self.per_image, self.seed)  # fmt: skip

@@ -57,7 +57,7 @@ class FitPCAWhitening(pl.Callback):
             raise ValueError(f"PCA-whitening to {pca.out_dim} dimensions needs more than {pca.out_dim} training "
                              f"database images; {count} are sampled (num_images={self.num_images}, database {n_db})")  # fmt: skip
         ids = np.sort(np.random.default_rng(self.seed).choice(n_db, count, replace=False))
-        pca.fit(self._task.encode_images(ids).to(pca.mean.device))
+        pca.fit(self._task.banks["student"].encode(ids).to(pca.mean.device))
         for buffer in (pca.mean, pca.projection, pca.fitted):
             buffer.copy_(trainer.strategy.broadcast(buffer, src=0))
         self.fits += 1

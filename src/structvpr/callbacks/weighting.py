@@ -155,9 +155,10 @@ class SampleWeighting(pl.Callback):
         if stage != "fit":
             return
         data = datamodule_of(trainer)
-        if not isinstance(pl_module, DistillationTask):
+        if not isinstance(pl_module, DistillationTask) or not {"student", "teacher"} <= set(pl_module.banks):
             raise TypeError(f"SampleWeighting needs a task satisfying structvpr.protocols.DistillationTask "
-                            f"(teacher_descriptors, set_sample_weights, ...), got {type(pl_module).__name__}")  # fmt: skip
+                            f"(banks['student'], banks['teacher'], set_sample_weights), "
+                            f"got {type(pl_module).__name__}")  # fmt: skip
         if not isinstance(data, TrainingData):
             raise TypeError(f"SampleWeighting needs a datamodule satisfying structvpr.protocols.TrainingData, "
                             f"got {type(data).__name__}")  # fmt: skip
@@ -206,7 +207,7 @@ class SampleWeighting(pl.Callback):
             if self._global_teacher_ranks is None:
                 self._global_teacher_ranks = self._global_teacher(task, dataset, backend, trainer)
             r_t = self._global_teacher_ranks[torch.from_numpy(queries)]
-        r_s = self._ranks(task.training_descriptors, database, q_ids, dataset, backend, exclude)
+        r_s = self._ranks(task.banks["student"].descriptors, database, q_ids, dataset, backend, exclude)
         weights = sample_weights(r_t, r_s, self.tau, self.alpha)
         if self.uniform:
             weights = torch.ones_like(weights)
@@ -242,17 +243,17 @@ class SampleWeighting(pl.Callback):
                        backend: Backend, exclude: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
         """``r_T`` of the queries ``q_ids`` over ``database``: the task's teacher, or each query's fold teacher."""
         if not self._fold_teachers:
-            return self._ranks(task.teacher_descriptors, database, q_ids, dataset, backend, exclude)
+            return self._ranks(task.banks["teacher"].descriptors, database, q_ids, dataset, backend, exclude)
         from structvpr.data.datasets import query_fold
 
-        encode: Any = task.encode_images  # VPRTask's sharded encoding pass
+        encode = task.banks["teacher"].encode  # the bank's sharded pass, with each fold's teacher
         folds = query_fold(np.asarray(q_ids) - dataset.num_database, len(self._fold_teachers))
         ranks = torch.empty(len(q_ids), dtype=torch.long)
         for k, encoder in enumerate(self._fold_teachers):
             members = np.flatnonzero(folds == k)
             if len(members):
                 encoder.to(getattr(task, "device", "cpu"))
-                fold_ranks = self._ranks(lambda ids, e=encoder: encode(ids, e, "label"), database,
+                fold_ranks = self._ranks(lambda ids, e=encoder: encode(ids, e), database,
                                          np.asarray(q_ids)[members], dataset, backend)  # fmt: skip
                 ranks[torch.from_numpy(members)] = fold_ranks
         return ranks
@@ -263,13 +264,13 @@ class SampleWeighting(pl.Callback):
         n_db = dataset.num_database
         q_ids = dataset.query_image_index(np.arange(dataset.num_training_queries))
         ids = np.concatenate([np.arange(n_db), q_ids])
-        dim = int(task.teacher_descriptors(ids[:1]).shape[1])
+        dim = task.banks["teacher"].dim
         check_memory(len(ids) * dim * 4, torch.device(getattr(task, "device", "cpu")), trainer,
                      "teacher descriptors of every training image (SampleWeighting(ranks='global'))",
                      "use SampleWeighting(ranks='subepoch'), which ranks over each sub-epoch's encoded set")  # fmt: skip
         if self._fold_teachers:
             return self._teacher_ranks(task, np.arange(n_db), q_ids, dataset, backend)
-        desc = task.teacher_rank_descriptors(ids)
+        desc = task.banks["teacher"].encode(ids)
         utm = dataset.utm
         ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank, query_utm=utm[q_ids],
                                        database_utm=utm[:n_db], radius=self.radius, backend=backend)  # fmt: skip

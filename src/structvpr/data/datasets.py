@@ -18,14 +18,11 @@ from torchvision.transforms.v2._utils import query_size
 
 from structvpr.data.labels import ClassGrouping, load_label_map
 from structvpr.data.vg import ImageRecord, list_images, utm_array
+from structvpr.errors import ImageReadError
 from structvpr.retrieval.search import radius_neighbours
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageReadError(ValueError):
-    """An RGB image is missing or cannot be decoded."""
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

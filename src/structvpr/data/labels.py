@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from structvpr.errors import LabelMapError
+
 #: The 19 Cityscapes train ids, in id order. 255 marks ignored pixels.
 CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
@@ -27,10 +29,6 @@ CITYSCAPES_GROUPS: dict[str, tuple[str, ...]] = {
     "sky": ("sky",),
     "dynamic": ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
 }
-
-
-class LabelMapError(ValueError):
-    """A label map is missing, unreadable or holds ids outside the taxonomy."""
 
 
 @dataclass(frozen=True)

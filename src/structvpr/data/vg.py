@@ -21,11 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from structvpr.errors import DatasetLayoutError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-class DatasetLayoutError(ValueError):
-    """A dataset folder does not follow the expected layout."""
 
 
 @dataclass(frozen=True)

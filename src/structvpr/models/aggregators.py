@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,3 +107,43 @@ class NetVLAD(nn.Module):
         vlad = torch.einsum("bkn,bcn->bkc", soft, flat) - soft.sum(-1)[..., None] * self.centroids[None]
         vlad = F.normalize(vlad, dim=2).reshape(b, -1)
         return F.normalize(vlad, dim=1)
+
+
+@torch.no_grad()
+def init_netvlad_from_images(encoder: Any, batches: Iterable[dict[str, Any]], key: str, per_image: int = 50,
+                             seed: int = 0, generator: torch.Generator | None = None) -> None:  # fmt: skip
+    """Initialise the NetVLAD of ``encoder`` by k-means over trunk features of ``batches[key]``.
+
+    ``per_image`` local features are drawn from each image's feature map (``generator``, else one
+    seeded with ``seed``); the
+    encoder's train/eval mode is restored. Used by :class:`~structvpr.callbacks.InitNetVLAD`
+    and by every task with a NetVLAD aggregator at the start of a fresh fit.
+    """
+    agg = encoder.aggregator
+    if not isinstance(agg, NetVLAD):
+        raise TypeError(f"the encoder's aggregator is a {type(agg).__name__}, not a NetVLAD")
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    was_training = encoder.training
+    encoder.eval()
+    feats = []
+    try:
+        for batch in batches:
+            for fmap in encoder.features(batch[key]):
+                local = fmap.flatten(1).T  # (hw, C)
+                feats.append(local[torch.randperm(local.shape[0], generator=gen)[:per_image]].cpu())
+    finally:
+        encoder.train(was_training)
+    agg.init_clusters(torch.cat(feats), seed=seed)
+
+
+def init_netvlad(trainer: Any, encoder: Any, data: Any, key: str, num_images: int, per_image: int = 50,
+                 seed: int = 0) -> None:  # fmt: skip
+    """:func:`init_netvlad_from_images` over ``num_images`` training images drawn (seeded) from ``data``
+    (a :class:`~structvpr.protocols.TrainingData`), rank 0's centroids broadcast to every process."""  # noqa: D205
+    n = len(data.training_tuples.utm)
+    gen = torch.Generator().manual_seed(seed)  # one stream for the image draw and the feature draws
+    picks = torch.randperm(n, generator=gen)[:num_images].sort().values.numpy()
+    init_netvlad_from_images(encoder, data.train_images_dataloader(picks, key), key, per_image, seed, gen)
+    agg = encoder.aggregator
+    for p in (agg.centroids, agg.conv.weight, agg.conv.bias):
+        p.data.copy_(trainer.strategy.broadcast(p.data, src=0))

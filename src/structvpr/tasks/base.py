@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.data import AttributeDict
 
+from structvpr.bank import DescriptorBank
 from structvpr.losses import REFERENCE_MARGIN, triplet_margin_loss
 from structvpr.metrics.recall import RecallAtN
-from structvpr.models.aggregators import NetVLAD
+from structvpr.models.aggregators import NetVLAD, init_netvlad
 from structvpr.models.encoder import ModuleFactory, PlaceEncoder
 from structvpr.reports import write_test_report
 from structvpr.retrieval.search import BACKENDS
-from structvpr.utils.memory import check_memory
 from structvpr.utils.runs import run_folder
 
 
@@ -67,17 +65,10 @@ class VPRTask(pl.LightningModule):
                                     pretrained_path=pretrained_path, pca_dim=pca_dim)
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
-        #: Per encoder: (weights version, sorted bank ids encoded, their descriptors).
-        self._descriptors: dict[str, tuple[int, np.ndarray, torch.Tensor]] = {}
-        self._updates = 0
-        #: Images this process has encoded in encoding passes (training-bank and loader passes).
-        self.images_encoded = 0
-        #: Storage type of the per-sub-epoch training descriptors (set by ``HardNegativeMining``;
-        #: float16 halves them, search and losses still compute in float32).
-        self.encode_dtype = torch.float32
-        #: A folder for the per-sub-epoch descriptors as memory-mapped files on the host instead of
-        #: arrays in memory (set by ``HardNegativeMining(descriptor_memmap_dir=...)``).
-        self.encode_memmap_dir: Path | None = None
+        #: The descriptors of training images under the current weights, one bank per encoder
+        #: (``student``; a distillation task adds ``teacher``): mining, weighting and teacher
+        #: targets read them (see :class:`~structvpr.bank.DescriptorBank`).
+        self.banks: dict[str, DescriptorBank] = {"student": DescriptorBank(self.encoder, self.input_key, "student")}
         self.test_results: dict[str, float] = {}
 
     @property
@@ -100,111 +91,6 @@ class VPRTask(pl.LightningModule):
         b, n = x.shape[:2]
         return self.encoder.pooled(x.flatten(0, 1)).view(b, n, -1)
 
-    @torch.no_grad()
-    def encode_loader(self, loader: Any, encoder: PlaceEncoder | None = None, key: str | None = None,
-                      dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Pre-PCA descriptors ``(N, D)`` of every item of a loader, in eval mode, on the model's device.
-
-        Batches stream into one preallocated array (``dtype``: float16 halves it; ``out`` gives
-        one, e.g. memory-mapped), so the peak is the output plus one batch.
-        """
-        encoder = encoder if encoder is not None else self.encoder
-        key = key or self.input_key
-        was_training = encoder.training
-        encoder.eval()
-        if out is None:
-            out = torch.empty(len(loader.dataset), encoder.pooled_dim, dtype=dtype, device=self.device)
-        row = 0
-        for batch in loader:
-            desc = encoder.pooled(batch[key].to(self.device))
-            out[row : row + len(desc)] = desc.to(out)
-            row += len(desc)
-        encoder.train(was_training)
-        self.images_encoded += row
-        return out
-
-    def encode_images(self, ids: np.ndarray | Sequence[int], encoder: PlaceEncoder | None = None,
-                      key: str | None = None, dtype: torch.dtype = torch.float32,
-                      memmap: bool = False) -> torch.Tensor:  # fmt: skip
-        """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images, on the model's device.
-
-        Each process encodes its share (``1 / world_size``) of ``ids`` with the datamodule's
-        workers, reading only ``key`` (``image`` or ``label``); the shares are all-gathered, so
-        every process returns the same full array. With ``memmap`` (and ``encode_memmap_dir``
-        set) a single process streams straight into a memory-mapped file.
-        """
-        ids = np.asarray(ids, dtype=np.int64)
-        key = key or self.input_key
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        shards = np.array_split(ids, world)
-        encoder = encoder if encoder is not None else self.encoder
-        out = None
-        if memmap and world == 1 and self.encode_memmap_dir is not None:
-            out = self._memmap_array("encoded", len(ids), encoder.pooled_dim, dtype)
-        local = self.encode_loader(self.datamodule.train_images_dataloader(shards[rank], key), encoder, key, dtype, out)
-        if world == 1:
-            return local
-        size = max(len(s) for s in shards)
-        padded = torch.zeros(size, local.shape[1], dtype=local.dtype, device=self.device)
-        padded[: len(local)] = local
-        gathered = cast(torch.Tensor, self.all_gather(padded))  # (world, size, D)
-        return torch.cat([gathered[r, : len(shard)] for r, shard in enumerate(shards)])
-
-    def training_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
-        """Pre-PCA descriptors ``(len(ids), D)`` of training-bank images with the current weights.
-
-        ``ids`` index the training bank (database, then queries). Images are encoded once
-        per weight update and shared, so hard-negative mining and sample weighting of the
-        same sub-epoch pay for one encoding pass of the images they both need.
-        """
-        return self._descriptor_cache("student", self._updates, ids, self.encoder, self.input_key)
-
-    def _descriptor_cache(self, name: str, version: int, ids: np.ndarray | Sequence[int], encoder: PlaceEncoder,
-                          key: str) -> torch.Tensor:  # fmt: skip
-        wanted = np.asarray(ids, dtype=np.int64).ravel()
-        cached = self._descriptors.get(name)
-        if cached is None or cached[0] != version:
-            cached = (version, np.zeros(0, dtype=np.int64), torch.zeros(0, device=self.device))
-        _, known, desc = cached
-        missing = np.setdiff1d(wanted, known)
-        if len(missing):
-            dim = encoder.pooled_dim
-            if self.encode_memmap_dir is None:
-                check_memory((len(known) + len(missing)) * dim * self.encode_dtype.itemsize, self.device, self.trainer,
-                             f"{name} descriptors of {len(known) + len(missing):,} training images x {dim} dimensions",
-                             "lower data.init_args.cache_queries (queries per sub-epoch) or "
-                             "HardNegativeMining(cache_negatives), or set HardNegativeMining(descriptor_memmap_dir)")  # fmt: skip
-            fresh = self.encode_images(missing, encoder, key, self.encode_dtype,
-                                       memmap=self.encode_memmap_dir is not None)  # fmt: skip
-            ids_all = np.concatenate([known, missing])
-            order = np.argsort(ids_all, kind="stable")
-            if self.encode_memmap_dir is not None and len(known):  # merge on disk: the host holds what it touches
-                merged = self._memmap_array(name, len(ids_all), fresh.shape[1], fresh.dtype)
-                position = np.empty_like(order)
-                position[order] = np.arange(len(order))  # where each of known + missing lands
-                merged[torch.from_numpy(position[: len(known)])] = desc.to(merged)
-                merged[torch.from_numpy(position[len(known) :])] = fresh.to(merged)
-                desc = merged
-            else:
-                desc = fresh if len(known) == 0 else torch.cat([desc, fresh])[torch.from_numpy(order).to(fresh.device)]
-            known = ids_all[order]
-        self._descriptors[name] = (version, known, desc)
-        if np.array_equal(wanted, known):  # the whole cached set, in order (mining's request): no copy
-            return desc
-        return desc[torch.from_numpy(np.searchsorted(known, wanted)).to(desc.device)]
-
-    def _memmap_array(self, name: str, rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-        """A ``(rows, dim)`` tensor backed by a new file in ``encode_memmap_dir`` (unlinked at once:
-        the mapping keeps it until the tensor is dropped)."""  # noqa: D205
-        assert self.encode_memmap_dir is not None
-        folder = Path(self.encode_memmap_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}-{os.getpid()}-{self._updates}-{rows}.bin"
-        np_dtype = np.float16 if dtype == torch.float16 else np.float32
-        array = np.memmap(path, dtype=np_dtype, mode="w+", shape=(max(rows, 1), dim))[:rows]
-        path.unlink()
-        return torch.from_numpy(array)
-
     def on_train_epoch_start(self) -> None:
         # Without HardNegativeMining, each sub-epoch trains on random tuples of its queries.
         dataset = getattr(self.datamodule, "train_dataset", None)
@@ -212,17 +98,9 @@ class VPRTask(pl.LightningModule):
             dataset.random_subepoch(self.current_epoch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._updates += 1  # the weights moved: descriptors of the previous weights are stale
+        self.banks["student"].invalidate()  # the weights moved: descriptors of the previous weights are stale
 
     # -- training -----------------------------------------------------------------------
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """A NetVLAD aggregator brings :class:`~structvpr.callbacks.netvlad.InitNetVLAD` (k-means centroids)."""
-        from structvpr.callbacks.netvlad import InitNetVLAD
-
-        if isinstance(self.encoder.aggregator, NetVLAD):
-            return [InitNetVLAD(num_images=self.hp.kmeans_images)]
-        return []
-
     def triplet_loss(self, desc: torch.Tensor) -> torch.Tensor:
         """``(B, 2 + M, D)`` tuple descriptors to ``(B,)`` triplet losses."""
         return triplet_margin_loss(desc[:, 0], desc[:, 1], desc[:, 2:], self.hp.margin)
@@ -293,6 +171,16 @@ class VPRTask(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         run_folder(self.trainer)  # every process: rank 0 picks this run's folder
+        loader = getattr(self.datamodule, "train_images_dataloader", None)
+        if stage != "fit" or loader is None:
+            return
+        for bank in self.banks.values():
+            bank.bind(loader, self.trainer)
+        agg = self.encoder.aggregator
+        # A fresh fit starts NetVLAD from k-means centroids, before anything encodes (mining starts
+        # in on_fit_start); a resumed one gets its centroids back from the checkpoint.
+        if isinstance(agg, NetVLAD) and not bool(agg.initialised) and self.trainer.ckpt_path is None:
+            init_netvlad(self.trainer, self.encoder, self.datamodule, self.input_key, self.hp.kmeans_images)
 
     def report_dir(self) -> Path:
         """The run's own folder for reports, ``<log dir>/version_N`` (see :func:`~structvpr.utils.runs.run_folder`)."""

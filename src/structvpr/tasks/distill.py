@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from structvpr.bank import DescriptorBank
 from structvpr.data.datasets import is_geometric
 from structvpr.losses import REFERENCE_MARGIN, distillation_loss, weighted_mean
 from structvpr.models.encoder import ModuleFactory
@@ -121,7 +122,8 @@ class StructVPRDistillation(StructVPRStudent):
         self.register_buffer("image_weights", torch.ones(0))
         #: Whether training steps read the teacher's per-sub-epoch descriptors (set in ``setup``).
         self.teacher_cached = cache_teacher
-        self._teacher_version = 0
+        #: The teacher's descriptors of the current sub-epoch's images (kept for one sub-epoch).
+        self.banks["teacher"] = DescriptorBank(self.teacher, self.teacher_key, "teacher")
 
     def train(self, mode: bool = True) -> StructVPRDistillation:
         super().train(mode)
@@ -176,35 +178,22 @@ class StructVPRDistillation(StructVPRStudent):
         _check_weights(ids, weights, len(self.image_weights), "training-bank image ids")
         self.image_weights[ids.to(self.image_weights.device)] = weights.to(self.image_weights)
 
-    def teacher_rank_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
-        """Teacher descriptors of training label maps computed now, with no cache (global ranks)."""
-        return self.encode_images(ids, self.teacher, self.teacher_key)
-
-    def teacher_descriptors(self, ids: np.ndarray | Sequence[int]) -> torch.Tensor:
-        """Teacher descriptors ``(len(ids), D)`` of training-bank label maps (un-augmented).
-
-        Kept for the current sub-epoch only, so memory is bounded by what a sub-epoch
-        encodes (its queries, their positives and the negative pool), whatever the size of
-        the training set; under DDP each process encodes its share.
-        """
-        return self._descriptor_cache("teacher", self._teacher_version, ids, self.teacher, self.teacher_key)
-
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         if self.teacher_cached:  # every image of the sub-epoch's tuples in one pass (weighting's are reused)
             dataset = self.datamodule.train_dataset
             table = dataset.tuples.numpy()
-            self.teacher_descriptors(np.union1d(table[:, 1:].ravel(), dataset.query_image_index(table[:, 0])))
+            self.banks["teacher"].descriptors(np.union1d(table[:, 1:].ravel(), dataset.query_image_index(table[:, 0])))
 
     def on_train_epoch_end(self) -> None:
-        self._descriptors.pop("teacher", None)  # the next sub-epoch encodes its own set
-        self._teacher_version += 1
+        # Memory stays bounded by one sub-epoch's images, whatever the size of the training set.
+        self.banks["teacher"].invalidate()
 
     def teacher_targets(self, batch: dict[str, Any]) -> torch.Tensor:
         """``(B, n, D)`` teacher descriptors of the label maps of the batch's views."""
         if self.teacher_cached:
             ids = batch["image_index"]
-            return self.teacher_descriptors(ids.flatten().cpu().numpy()).view(*ids.shape, -1).to(self.device)
+            return self.banks["teacher"].descriptors(ids.flatten().cpu().numpy()).view(*ids.shape, -1).to(self.device)
         labels = batch[self.teacher_key]
         with torch.no_grad():
             return self.teacher.pooled(labels.flatten(0, 1)).view(*labels.shape[:2], -1)
