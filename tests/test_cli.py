@@ -151,3 +151,36 @@ def test_a_checkpoint_with_another_normalisation_is_refused(student_ckpt, tmp_pa
     torch.save(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointMismatchError, match=r"other.ckpt was trained with normalisation mean \[0.5, 0.5"):
         checkpoint_input_size(tmp_path / "other.ckpt")
+
+
+def test_user_errors_print_one_short_message_and_debug_shows_the_traceback(student_ckpt, tmp_path, repo_root,
+                                                                          capsys, monkeypatch):  # fmt: skip
+    from structvpr.errors import DatasetLayoutError, MissingCheckpointError
+
+    monkeypatch.delenv("STRUCTVPR_DEBUG", raising=False)
+    (tmp_path / "empty").mkdir()
+    args = ["test", "--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), "--ckpt_path",
+            student_ckpt, f"--data.init_args.root={tmp_path / 'empty'}", "--data.init_args.num_workers=0",
+            "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path / 'out'}"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith("structvpr test: error: ") and str(tmp_path / "empty") in err[-2]
+    assert err[-1] == "(run again with --debug, or STRUCTVPR_DEBUG=1, for the traceback)"
+    assert not any("Traceback" in line for line in err)
+    with pytest.raises(DatasetLayoutError):
+        main([*args, "--debug"])
+    missing = [a if a != student_ckpt else str(tmp_path / "gone.ckpt") for a in args]
+    with pytest.raises(MissingCheckpointError, match=r"gone.ckpt: no such file"):
+        main([*missing, "--debug"])
+
+
+def test_a_worker_wrapped_message_is_cut_to_its_last_line():
+    from structvpr.errors import ImageReadError, user_error_message
+
+    wrapped = ImageReadError("Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                             "call last):\n  File \"x.py\", line 3, in f\n    raise ImageReadError(...)\n"
+                             "structvpr.errors.ImageReadError: /data/a.jpg: truncated image\n")  # fmt: skip
+    assert user_error_message(wrapped) == "/data/a.jpg: truncated image"
+    assert user_error_message(ImageReadError("/data/b.jpg: empty file")) == "/data/b.jpg: empty file"

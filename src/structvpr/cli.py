@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from structvpr.errors import CheckpointMismatchError
+from structvpr.errors import DEBUG_ENV, CheckpointMismatchError, StructVPRInputError, user_error_message
 from structvpr.lightning_cli import (
     SUBCOMMANDS,
     apply_checkpoint_input_size,
@@ -78,8 +79,27 @@ def splits_main(args: Sequence[str]) -> str:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``structvpr`` console script."""
+    """Entry point of the ``structvpr`` console script.
+
+    Errors a user can fix (:class:`~structvpr.errors.StructVPRInputError`: a bad file, layout or
+    checkpoint) print one short message naming the file and the fix and exit 1; ``--debug`` (or
+    ``STRUCTVPR_DEBUG=1``) shows their traceback. Other errors are bugs and keep theirs.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        _dispatch(argv)
+    except StructVPRInputError as err:
+        if debug:
+            raise
+        sub = argv[0] if argv and not argv[0].startswith("-") else ""
+        sys.stderr.write(f"structvpr {sub}: error: {user_error_message(err)}\n"
+                         f"(run again with --debug, or {DEBUG_ENV}=1, for the traceback)\n")  # fmt: skip
+        raise SystemExit(1) from None
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] == "synth":
         synth_main(argv[1:])
     elif argv and argv[0] == "segment":
@@ -100,7 +120,7 @@ def main(args: Sequence[str] | None = None) -> None:
         if not argv or argv[0] in ("-h", "--help"):
             print(EXTRA_COMMANDS)
         try:
-            cli_main(argv if args is not None else None)
+            cli_main(argv)
         except argparse.ArgumentError as err:
             sys.stderr.write(config_error_message(err, argv) + "\n")
             raise SystemExit(2) from None

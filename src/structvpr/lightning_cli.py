@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from structvpr.errors import CheckpointMismatchError
+from structvpr.errors import CheckpointMismatchError, MissingCheckpointError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: Init arguments that fix a model's architecture: a checkpoint must agree with the config on them.
@@ -144,6 +144,9 @@ def _cli_class() -> Any:
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
             if ckpt_path and Path(ckpt_path).is_file():
                 check_checkpoint_matches(ckpt_path, self.config[sub].get("model"))
+            elif ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+                raise MissingCheckpointError(f"--ckpt_path {ckpt_path}: no such file (give a checkpoint file, or "
+                                             f"`last` to resume this config's latest run)")  # fmt: skip
             super()._parse_ckpt_path()
 
         def _stable_checkpoint_dirs(self) -> Path:
@@ -164,11 +167,11 @@ def _cli_class() -> Any:
             # from scratch, and write a second dangling link beside it.
             dangling = [p for p in found if p.is_symlink() and not p.exists()]
             if dangling:
-                raise FileNotFoundError(f"--ckpt_path last: {dangling[0]} points at {os.readlink(dangling[0])}, which "
+                raise MissingCheckpointError(f"--ckpt_path last: {dangling[0]} points at {os.readlink(dangling[0])}, which "
                                         f"does not exist; give a checkpoint file of {folder} instead, or delete "
                                         f"the link to start afresh")  # fmt: skip
             if not found:
-                raise FileNotFoundError(f"--ckpt_path last: no last*.ckpt in {folder}, the checkpoint folder of "
+                raise MissingCheckpointError(f"--ckpt_path last: no last*.ckpt in {folder}, the checkpoint folder of "
                                         "this config's runs; give a checkpoint file instead")  # fmt: skip
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
