@@ -121,16 +121,20 @@ def student_ckpt(tiny_world, tmp_path_factory, repo_root):
 
 
 def test_test_feeds_the_checkpoint_its_training_size_unless_the_command_line_sets_another(student_ckpt, tmp_path,
-                                                                                         repo_root, capsys):  # fmt: skip
+                                                                                         repo_root, capsys,
+                                                                                         monkeypatch):  # fmt: skip
     """A student trained at 32x64, tested through msls_val.yaml (480x640): tested at 32x64, with the
-    same recall as when that size is given by hand; a size forced on the command line warns naming both."""
+    same recall as when that size is given by hand; a size forced on the command line warns naming both.
+    The config has no logger: its reports go under runs/benchmarks/msls_val, not the current folder."""
     _msls_tree(tmp_path / "msls")
+    monkeypatch.chdir(tmp_path)
     common = ["--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), "--ckpt_path",
               student_ckpt, f"--data.init_args.root={tmp_path / 'msls'}", "--data.init_args.num_workers=0",
-              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-              f"--trainer.default_root_dir={tmp_path / 'out'}"]  # fmt: skip
+              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]  # fmt: skip
     auto = cli_main(["test", *common])
     assert auto.datamodule.image_size == (32, 64)
+    assert (tmp_path / "runs/benchmarks/msls_val/version_0/test_results.md").is_file()
+    assert not list(tmp_path.glob("version_*"))
     assert "was trained on 32x64 images: using that size instead of the configured 480x640" in capsys.readouterr().err
     assert auto.model.test_results["num_queries"] > 0
     by_hand = cli_main(["test", *common, "--data.init_args.image_size=[32, 64]"])
@@ -184,3 +188,21 @@ def test_a_worker_wrapped_message_is_cut_to_its_last_line():
                              "structvpr.errors.ImageReadError: /data/a.jpg: truncated image\n")  # fmt: skip
     assert user_error_message(wrapped) == "/data/a.jpg: truncated image"
     assert user_error_message(ImageReadError("/data/b.jpg: empty file")) == "/data/b.jpg: empty file"
+
+
+def test_an_rgb_model_tests_on_folders_without_label_maps(student_ckpt, teacher_ckpt, tiny_world, tmp_path, repo_root):
+    import shutil
+
+    from structvpr.errors import LabelMapError
+
+    root = tmp_path / "rgb-only"
+    shutil.copytree(tiny_world, root)
+    shutil.rmtree(root / "labels")
+    common = [f"--data.init_args.root={root}", "--data.init_args.synthetic_preset=null", "--trainer.logger=false",
+              f"--trainer.default_root_dir={tmp_path / 'out'}", *TINY]  # fmt: skip
+    cfg = str(repo_root / "lightning_configs/synthetic/baseline.yaml")
+    test = cli_main(["test", "--config", cfg, "--ckpt_path", student_ckpt, *common])
+    assert test.model.test_results["num_queries"] > 0
+    with pytest.raises(LabelMapError):  # the teacher reads label maps: still required
+        cli_main(["test", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"), "--ckpt_path",
+                  teacher_ckpt, *common])  # fmt: skip

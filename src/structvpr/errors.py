@@ -20,6 +20,14 @@ class LabelMapError(StructVPRInputError):
     """A label map is missing, unreadable or holds ids outside the taxonomy."""
 
 
+class MissingLabelMapError(LabelMapError, FileNotFoundError):
+    """An image has no label map where the run needs one."""
+
+
+class MissingFolderError(StructVPRInputError, FileNotFoundError):
+    """A folder the run reads does not exist."""
+
+
 class DatasetLayoutError(StructVPRInputError):
     """A dataset folder does not follow the expected layout."""
 

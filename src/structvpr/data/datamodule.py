@@ -70,7 +70,8 @@ class VPRDataModule(pl.LightningDataModule):
         train_pos_radius: Training positives lie within this many metres.
         train_neg_radius: Negatives lie beyond this many metres.
         eval_radius: A retrieved database image within this many metres is correct.
-        with_labels: Load label maps (needed by the teacher and by distillation).
+        with_labels: Load label maps (needed by the teacher and by distillation); ``test``, ``validate`` and
+            ``predict`` of an RGB model never read them, so RGB-only folders need none.
         grouping: Name of the label grouping (``cityscapes``).
         augment: Colour jitter on training RGB (photometric only: label maps are untouched).
         crop_scale: Random crops of at least this fraction of the image area, with the source's
@@ -198,18 +199,19 @@ class VPRDataModule(pl.LightningDataModule):
         if generated and not self.root.exists():
             synthetic.generate(self.root, hp.synthetic_preset, hp.synthetic_seed, label_noise=hp.synthetic_label_noise)
 
-    def _split(self, split: str) -> tuple[list[ImageRecord], list[ImageRecord]]:
-        """Database and query records of a VG split folder."""
-        labels = self.hp.with_labels
+    def _split(self, split: str, labels: bool | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """Database and query records of a VG split folder (label maps required when ``labels``)."""
+        labels = self.hp.with_labels if labels is None else labels
         return (read_split(self.root, split, "database", require_labels=labels),
                 read_split(self.root, split, "queries", require_labels=labels))  # fmt: skip
 
     def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
-                 share: ImageDataset | None = None) -> ImageDataset:  # fmt: skip
+                 share: ImageDataset | None = None, labels: bool | None = None) -> ImageDataset:  # fmt: skip
         hp = self.hp
+        labels = hp.with_labels if labels is None else labels
         transform = joint_transform(self.image_size, train=train_transform, photometric=hp.augment,  # type: ignore[arg-type]
                                     crop_scale=hp.crop_scale)  # fmt: skip
-        dataset = ImageDataset(database, queries, transform, self.grouping, hp.with_labels)
+        dataset = ImageDataset(database, queries, transform, self.grouping, labels)
         if share is not None:  # same files, other transform: reuse the decoded cache
             dataset._cache = share._cache
         elif hp.cache_images:
@@ -219,13 +221,18 @@ class VPRDataModule(pl.LightningDataModule):
     def _named(self, name: str) -> SplitManifest:
         return load_benchmark(name, self.root, **(self.hp.benchmark_options or {}).get(name, {}))
 
-    def _eval_set(self, stage: str, benchmark: str | None, split: str) -> ImageDataset:
+    def _model_reads_labels(self) -> bool:
+        """Whether the attached model reads label maps (an RGB model does not; unknown: yes)."""
+        model = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        return getattr(model, "input_key", "label") != "image"
+
+    def _eval_set(self, stage: str, benchmark: str | None, split: str, labels: bool | None = None) -> ImageDataset:
         if benchmark is None:
-            dataset = self._dataset(*self._split(split))
+            dataset = self._dataset(*self._split(split, labels), labels=labels)
         else:
             manifest = self._named(benchmark)
             self.protocols[stage] = manifest
-            dataset = self._dataset(manifest.database, manifest.queries)
+            dataset = self._dataset(manifest.database, manifest.queries, labels=labels)
         if dataset._cache is None:  # decoded already when cached
             bad = unreadable_images([r.path for r in dataset.records])
             if bad:
@@ -249,10 +256,12 @@ class VPRDataModule(pl.LightningDataModule):
                                  train_transform=True, share=self.train_images)  # fmt: skip
             self.train_dataset = TripletDataset(bank, hp.num_negatives, hp.train_pos_radius,
                                                 hp.train_neg_radius, hp.seed, hp.cache_queries)  # fmt: skip
+        # Outside fit an RGB model is evaluated without label maps, so RGB-only folders need none.
+        eval_labels = None if stage in ("fit", None) else bool(hp.with_labels) and self._model_reads_labels()
         if stage in ("fit", "validate", None) and self.val_dataset is None:
-            self.val_dataset = self._eval_set("val", hp.val_benchmark, hp.val_split)
+            self.val_dataset = self._eval_set("val", hp.val_benchmark, hp.val_split, eval_labels)
         if stage in ("test", None) and self.test_dataset is None:
-            self.test_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
+            self.test_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split, eval_labels)
         if stage == "predict" and self.predict_dataset is None:
             if hp.predict_database is not None:
                 transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
@@ -270,7 +279,7 @@ class VPRDataModule(pl.LightningDataModule):
                     folders = FolderDataset(keep_db, keep_q, transform)
                 self.predict_dataset = folders
             else:
-                self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split)
+                self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split, eval_labels)
 
     @staticmethod
     def _without_fold(queries: list[ImageRecord], folds: int, fold: int) -> list[ImageRecord]:

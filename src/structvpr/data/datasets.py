@@ -18,7 +18,7 @@ from torchvision.transforms.v2._utils import query_size
 
 from structvpr.data.labels import ClassGrouping, load_label_map
 from structvpr.data.vg import ImageRecord, list_images, utm_array
-from structvpr.errors import ImageReadError
+from structvpr.errors import ImageReadError, MissingFolderError, MissingLabelMapError
 from structvpr.retrieval.search import radius_neighbours
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,7 +154,7 @@ class ImageDataset(Dataset[dict[str, Any]]):
                 raise ValueError("with_labels=True needs a grouping")
             missing = [r.path for r in self.records if r.label_path is None]
             if missing:
-                raise FileNotFoundError(f"{missing[0]}: label map is missing ({len(missing)} images lack one)")
+                raise MissingLabelMapError(f"{missing[0]}: label map is missing ({len(missing)} images lack one)")
         self.utm = torch.from_numpy(utm_array(self.records))
         self._cache: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
@@ -271,7 +271,7 @@ class FolderDataset(Dataset[dict[str, Any]]):
             files: list[Path] = []
             for folder in map(Path, folders):
                 if not folder.is_dir():
-                    raise FileNotFoundError(f"{folder}: image folder does not exist")
+                    raise MissingFolderError(f"{folder}: image folder does not exist")
                 found = list_images(folder)
                 if not found:
                     raise ValueError(f"{folder}: holds no .jpg/.jpeg/.png images")

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from structvpr.errors import DatasetLayoutError
+from structvpr.errors import DatasetLayoutError, MissingLabelMapError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -126,7 +126,7 @@ def read_split(root: str | Path, split: str, role: str, require_labels: bool = F
 
     Raises:
         DatasetLayoutError: the folder is missing, empty, or a name is not in the VG grammar.
-        FileNotFoundError: a label map is missing while ``require_labels``.
+        MissingLabelMapError: a label map is missing while ``require_labels`` (a FileNotFoundError).
     """
     root = Path(root)
     folder = root / "images" / split / role
@@ -142,7 +142,7 @@ def read_split(root: str | Path, split: str, role: str, require_labels: bool = F
         label = label_path_for(path, root)
         if label is None and require_labels:
             expected = label_map_path(path, root)
-            raise FileNotFoundError(f"{path}: label map is missing (expected {expected})")
+            raise MissingLabelMapError(f"{path}: label map is missing (expected {expected})")
         records.append(ImageRecord(path=path, utm=(name.east, name.north), label_path=label, note=name.note,
                                    pano_id=name.pano_id))  # fmt: skip
     if not records:
