@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ def _offline_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("STRUCTVPR_CACHE", str(tmp_path / "structvpr-cache"))  # verified-file caches
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +44,8 @@ def repo_root() -> Path:
 
 def pytest_configure(config):
     os.environ.setdefault("WANDB_MODE", "offline")
+    # Session fixtures run before the per-test environment: their caches go to a temporary folder too.
+    os.environ.setdefault("STRUCTVPR_CACHE", tempfile.mkdtemp(prefix="structvpr-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -170,12 +170,16 @@ def test_bad_images_are_listed_before_test_and_predict_can_skip_them(tiny_world,
     root = tmp_path / "world"
     shutil.copytree(tiny_world, root)
     queries = sorted((root / "images/test/queries").iterdir())
-    for broken in queries[:3]:
+    for broken in queries[:1]:
         broken.write_bytes(b"not an image")
+    for broken in queries[1:3]:  # truncated: the header is intact, only a full decode finds them
+        data = broken.read_bytes()
+        broken.write_bytes(data[: len(data) // 2])
     dm = VPRDataModule(root=str(root), image_size=(32, 64), synthetic_preset=None, with_labels=False)
     with pytest.raises(ImageReadError, match=r"test set: 3 unreadable image\(s\):\n  .*cannot decode") as err:
         dm.setup("test")
     assert all(q.name in str(err.value) for q in queries[:3])  # every bad file, in one short message
+    assert "truncated" in str(err.value)
     folders = {"predict_database": str(root / "images/test/database"), "predict_queries": str(root / "images/test/queries")}
     with pytest.raises(ImageReadError, match="predict_skip_bad_images=true"):
         VPRDataModule(root=str(root), synthetic_preset=None, **folders).setup("predict")

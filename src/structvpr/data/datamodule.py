@@ -24,11 +24,12 @@ from structvpr.data.datasets import (
     bad_images_message,
     joint_transform,
     query_fold,
-    unreadable_images,
 )
 from structvpr.data.formats import SplitManifest
 from structvpr.data.labels import ClassGrouping, cityscapes_grouping
+from structvpr.data.verify import verify_files
 from structvpr.data.vg import ImageRecord, read_split
+from structvpr.errors import LabelMapError
 
 GROUPINGS = {"cityscapes": cityscapes_grouping}
 
@@ -206,7 +207,8 @@ class VPRDataModule(pl.LightningDataModule):
                 read_split(self.root, split, "queries", require_labels=labels))  # fmt: skip
 
     def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
-                 share: ImageDataset | None = None, labels: bool | None = None) -> ImageDataset:  # fmt: skip
+                 share: ImageDataset | None = None, labels: bool | None = None,
+                 name: str = "training set") -> ImageDataset:  # fmt: skip
         hp = self.hp
         labels = hp.with_labels if labels is None else labels
         transform = joint_transform(self.image_size, train=train_transform, photometric=hp.augment,  # type: ignore[arg-type]
@@ -214,9 +216,22 @@ class VPRDataModule(pl.LightningDataModule):
         dataset = ImageDataset(database, queries, transform, self.grouping, labels)
         if share is not None:  # same files, other transform: reuse the decoded cache
             dataset._cache = share._cache
-        elif hp.cache_images:
+            return dataset
+        self._verify(database + queries, bool(labels), name)
+        if hp.cache_images:
             dataset.preload()
         return dataset
+
+    def _verify(self, records: list[ImageRecord], labels: bool, name: str) -> None:
+        """Decode every image (and label map) of ``records`` before any long work; name every bad file."""
+        bad = verify_files([r.path for r in records], "image", what=f"{name} images")
+        if bad:
+            raise ImageReadError(f"{name}: {bad_images_message(bad)}")
+        if labels:
+            maps = [r.label_path for r in records if r.label_path is not None]
+            bad = verify_files(maps, "label", grouping=self.grouping, what=f"{name} label maps")
+            if bad:
+                raise LabelMapError(f"{name}: {bad_images_message(bad, kind='label map')}")
 
     def _named(self, name: str) -> SplitManifest:
         return load_benchmark(name, self.root, **(self.hp.benchmark_options or {}).get(name, {}))
@@ -228,15 +243,11 @@ class VPRDataModule(pl.LightningDataModule):
 
     def _eval_set(self, stage: str, benchmark: str | None, split: str, labels: bool | None = None) -> ImageDataset:
         if benchmark is None:
-            dataset = self._dataset(*self._split(split, labels), labels=labels)
+            dataset = self._dataset(*self._split(split, labels), labels=labels, name=f"{stage} set")
         else:
             manifest = self._named(benchmark)
             self.protocols[stage] = manifest
-            dataset = self._dataset(manifest.database, manifest.queries, labels=labels)
-        if dataset._cache is None:  # decoded already when cached
-            bad = unreadable_images([r.path for r in dataset.records])
-            if bad:
-                raise ImageReadError(f"{stage} set: {bad_images_message(bad)}")
+            dataset = self._dataset(manifest.database, manifest.queries, labels=labels, name=f"{stage} set")
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
@@ -267,7 +278,7 @@ class VPRDataModule(pl.LightningDataModule):
                 transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
                 folders = FolderDataset.from_folders(hp.predict_database, hp.predict_queries, transform,
                                                      keep_panoramas=hp.predict_keep_panoramas)  # fmt: skip
-                bad = unreadable_images(folders.paths)
+                bad = verify_files([str(p) for p in folders.paths], "image", what="images to predict")
                 if bad and not hp.predict_skip_bad_images:
                     raise ImageReadError(f"predict: {bad_images_message(bad)}\n(set data.init_args."
                                          "predict_skip_bad_images=true to leave them out)")  # fmt: skip

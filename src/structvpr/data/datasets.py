@@ -61,28 +61,10 @@ class SourceAspectResizedCrop(v2.RandomResizedCrop):
         return {"top": top, "left": left, "height": h, "width": w}
 
 
-def unreadable_images(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
-    """``(path, problem)`` for every file that is missing or whose header does not decode.
-
-    Only the header is read (``PIL.Image.open``), so checking tens of thousands of images takes
-    seconds: evaluation and prediction find bad files before the long work, all at once.
-    """
-    bad = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                _ = img.size  # the header is parsed here
-        except FileNotFoundError:
-            bad.append((str(path), "missing"))
-        except Exception as err:  # PIL raises several types for damaged files
-            bad.append((str(path), f"cannot decode ({err})"))
-    return bad
-
-
-def bad_images_message(bad: list[tuple[str, str]], shown: int = 10) -> str:
+def bad_images_message(bad: list[tuple[str, str]], shown: int = 10, kind: str = "image") -> str:
     """One short message for a list of bad files."""
     more = f"\n  ... and {len(bad) - shown} more" if len(bad) > shown else ""
-    return f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(f"{p}: {why}" for p, why in bad[:shown]) + more
+    return f"{len(bad)} unreadable {kind}(s):\n  " + "\n  ".join(f"{p}: {why}" for p, why in bad[:shown]) + more
 
 
 def joint_transform(image_size: tuple[int, int], train: bool, photometric: bool = True,
