@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from structvpr.errors import ImageReadError
 from structvpr.data.labels import cityscapes_grouping, load_label_map
 from structvpr.segment import TorchvisionSegmenter, segment_dataset, segment_main, taxonomy_table
 
@@ -32,13 +33,33 @@ def test_segment_writes_resumes_and_reports_unreadable(tmp_path, weights, capsys
     (root / "images/test/database/broken.jpg").write_bytes(b"not an image")
     args = ["--root", str(root), "--model", "torchvision:lraspp_mobilenet_v3_large", "--weights", weights,
             "--device", "cpu"]
-    report = segment_main(args)
-    assert len(report["written"]) == 3 and len(report["failed"]) == 1
-    assert "broken.jpg: cannot decode image" in report["failed"][0]
+    # every readable image gets its map, and the command fails naming the unreadable one
+    with pytest.raises(ImageReadError, match=r"1 image\(s\) could not be read.*\n  .*broken.jpg: cannot decode"):
+        segment_main(args)
     label = load_label_map(root / "labels/test/database/img0.png", cityscapes_grouping())
     assert label.shape == (24, 40) and label.max() < 19
+    (root / "images/test/database/broken.jpg").unlink()
     again = segment_main(args)
-    assert again["written"] == [] and len(again["skipped"]) == 3
+    assert again["written"] == [] and len(again["skipped"]) == 3 and again["failed"] == []
+
+
+def test_resume_redoes_maps_that_do_not_decode_or_have_another_size_and_cleans_temporaries(tmp_path, weights):
+    root = tmp_path / "ds"
+    _images(root, n=4)
+    model = TorchvisionSegmenter("lraspp_mobilenet_v3_large", 19, weights)
+    segment_dataset(root, model, "cityscapes", progress=False)
+    maps = root / "labels/test/database"
+    good = (maps / "img3.png").read_bytes()
+    data = (maps / "img0.png").read_bytes()
+    (maps / "img0.png").write_bytes(data[: len(data) // 2])  # truncated
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(maps / "img1.png")  # another size than its image
+    (maps / ".img2.4242.tmp.png").write_bytes(b"partial")  # left by a killed run
+    report = segment_dataset(root, model, "cityscapes", progress=False)
+    assert sorted(Path(p).name for p in report["redone"]) == ["img0.png", "img1.png"]
+    assert len(report["written"]) == 2 and len(report["skipped"]) == 2
+    assert [Path(p).name for p in report["cleaned"]] == [".img2.4242.tmp.png"]
+    assert sorted(p.name for p in maps.iterdir()) == ["img0.png", "img1.png", "img2.png", "img3.png"]
+    assert load_label_map(maps / "img1.png").shape == (24, 40) and (maps / "img3.png").read_bytes() == good
 
 
 def test_interrupted_run_leaves_no_partial_file(tmp_path, weights, monkeypatch):

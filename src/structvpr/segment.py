@@ -22,6 +22,7 @@ from PIL import Image
 
 from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, load_rgb
 from structvpr.data.labels import CITYSCAPES_CLASSES, IGNORE_ID
+from structvpr.data.verify import verify_files
 from structvpr.data.vg import label_map_path, list_images
 from structvpr.utils.io import atomic_path
 
@@ -159,14 +160,24 @@ def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, dev
     root = Path(root)
     table = torch.from_numpy(taxonomy_table(taxonomy, int(model.num_classes)))  # type: ignore[arg-type]
     images = dataset_images(root) if images is None else list(images)
-    report: dict[str, list[str]] = {"written": [], "skipped": [], "failed": []}
+    report: dict[str, list[str]] = {"written": [], "skipped": [], "redone": [], "failed": [], "cleaned": []}
+    # Temporary files of a run that was killed while writing (atomic_path's ".<stem>.<pid>.tmp.png").
+    for stale in sorted((root / "labels").rglob(".*.tmp.png")) if (root / "labels").is_dir() else []:
+        stale.unlink(missing_ok=True)
+        report["cleaned"].append(str(stale))
+    targets = [(path, label_map_path(path, root)) for path in images]
+    present = [(path, target) for path, target in targets if target.is_file()]
+    # A map already there is kept only if it decodes in full and has its image's size.
+    broken = {p for p, _ in verify_files([t for _, t in present], "label", progress=progress, what="existing label maps")}
     todo = []
-    for path in images:
-        target = label_map_path(path, root)
-        if target.is_file():
-            report["skipped"].append(str(path))
-        else:
+    for path, target in targets:
+        if not target.is_file():
             todo.append((path, target))
+        elif str(target) in broken or _size(target) != _size(path):
+            report["redone"].append(str(target))
+            todo.append((path, target))
+        else:
+            report["skipped"].append(str(path))
     model = model.to(device).eval()
     mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
@@ -182,11 +193,21 @@ def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, dev
         _write_png(table[logits.argmax(1)[0].cpu()].numpy(), target)
         report["written"].append(str(target))
     if progress:
-        print(f"segment: {len(report['written'])} written, {len(report['skipped'])} already there, "
-              f"{len(report['failed'])} unreadable")  # fmt: skip
+        print(f"segment: {len(report['written'])} written ({len(report['redone'])} of them redone: a map that did "
+              f"not decode or had another size), {len(report['skipped'])} already there, "
+              f"{len(report['cleaned'])} stale temporary files removed, {len(report['failed'])} unreadable")  # fmt: skip
         for line in report["failed"]:
             print(f"  unreadable: {line}")
     return report
+
+
+def _size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header (None when it cannot be read)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # PIL raises several types for damaged files
+        return None
 
 
 def segment_main(args: Sequence[str]) -> dict[str, list[str]]:
@@ -213,4 +234,8 @@ def segment_main(args: Sequence[str]) -> dict[str, list[str]]:
     else:
         parser.error(f"--model must start with torchvision: or segformer:, got {ns.model!r}")
     images = dataset_images(ns.root, ns.split, ns.split_options)
-    return segment_dataset(ns.root, model, ns.taxonomy, ns.device, images=images)
+    report = segment_dataset(ns.root, model, ns.taxonomy, ns.device, images=images)
+    if report["failed"]:  # every readable image has its map; the command still fails, naming the rest
+        raise ImageReadError(f"{len(report['failed'])} image(s) could not be read, so they have no label map:\n  "
+                             + "\n  ".join(report["failed"]))  # fmt: skip
+    return report
