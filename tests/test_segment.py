@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD
-from structvpr.errors import ImageReadError
 from structvpr.data.labels import cityscapes_grouping, load_label_map
+from structvpr.errors import ImageReadError
 from structvpr.segment import TorchvisionSegmenter, segment_dataset, segment_main, taxonomy_table
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from structvpr.utils.memory import check_memory
+from structvpr.utils.modes import eval_mode
 
 #: ``loader(ids, key)``: batches (dicts holding ``key``) of the training-bank images ``ids``, in order.
 Loader = Callable[[np.ndarray, str], Iterable[dict[str, Any]]]
@@ -41,16 +42,12 @@ def encode_loader(encoder: Any, loader: Iterable[dict[str, Any]], key: str = "im
     if out is None:
         n = rows if rows is not None else len(loader.dataset)  # type: ignore[attr-defined]
         out = torch.empty(n, encoder.pooled_dim, dtype=dtype, device=device)
-    was_training = encoder.training
-    encoder.eval()
     row = 0
-    try:
+    with eval_mode(encoder):
         for batch in loader:
             desc = encoder.pooled(batch[key].to(device))
             out[row : row + len(desc)] = desc.to(out)
             row += len(desc)
-    finally:
-        encoder.train(was_training)
     if row != len(out):
         raise RuntimeError(f"the loader gave {row} items for {len(out)} rows")
     return out

@@ -93,7 +93,8 @@ class HardNegativeMining(pl.Callback):
 
     @property
     def _tuples(self) -> TupleTable:
-        assert self._data is not None, "HardNegativeMining.setup has not run"
+        if self._data is None:
+            raise RuntimeError("HardNegativeMining.setup has not run")
         return self._data.training_tuples
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -120,7 +121,8 @@ class HardNegativeMining(pl.Callback):
 
     def mine(self, trainer: pl.Trainer, k: int) -> None:
         """Mine and install the tuples of sub-epoch ``k``."""
-        assert self._task is not None, "HardNegativeMining.setup has not run"
+        if self._task is None:
+            raise RuntimeError("HardNegativeMining.setup has not run")
         dataset = self._tuples
         queries = dataset.subepoch_queries(k)
         n_db = dataset.num_database

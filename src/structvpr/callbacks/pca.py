@@ -50,7 +50,8 @@ class FitPCAWhitening(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        assert self._pca is not None and self._task is not None and self._data is not None
+        if self._pca is None or self._task is None or self._data is None:
+            raise RuntimeError("FitPCAWhitening.setup has not run")
         pca, n_db = self._pca, self._data.training_tuples.num_database
         count = min(n_db, self.num_images)
         if count <= pca.out_dim:

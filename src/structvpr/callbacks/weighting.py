@@ -183,7 +183,8 @@ class SampleWeighting(pl.Callback):
                 self._fold_teachers.append(teacher.encoder)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self._data is not None and self._task is not None, "SampleWeighting.setup has not run"
+        if self._data is None or self._task is None:
+            raise RuntimeError("SampleWeighting.setup has not run")
         task, dataset = self._task, self._data.training_tuples
         if dataset.subepoch == self.subepoch:
             return  # resumed inside this sub-epoch: the task's weights came back with its state dict

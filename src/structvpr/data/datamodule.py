@@ -184,7 +184,8 @@ class VPRDataModule(pl.LightningDataModule):
     @property
     def training_tuples(self) -> TripletDataset:
         """The training tuples of the current sub-epoch (:class:`~structvpr.protocols.TrainingData`)."""
-        assert self.train_dataset is not None, "call setup('fit') first"
+        if self.train_dataset is None:
+            raise RuntimeError("call setup('fit') first")
         return self.train_dataset
 
     @property
@@ -305,7 +306,8 @@ class VPRDataModule(pl.LightningDataModule):
                           persistent_workers=workers > 0, drop_last=False)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader[Any]:
-        assert self.train_dataset is not None, "call setup('fit') first"
+        if self.train_dataset is None:
+            raise RuntimeError("call setup('fit') first")
         workers = self.hp.num_workers
         # Shuffled per sub-epoch by (seed, sub-epoch) and augmented per item by (seed, sub-epoch,
         # row): training resumed at a sub-epoch boundary repeats the uninterrupted run exactly.
@@ -326,15 +328,18 @@ class VPRDataModule(pl.LightningDataModule):
         return getattr(trainer, name, None) if trainer is not None else None
 
     def val_dataloader(self) -> DataLoader[Any]:
-        assert self.val_dataset is not None, "call setup('fit') or setup('validate') first"
+        if self.val_dataset is None:
+            raise RuntimeError("call setup('fit') or setup('validate') first")
         return self._eval_loader(self.val_dataset, self._limit("limit_val_batches"))
 
     def test_dataloader(self) -> DataLoader[Any]:
-        assert self.test_dataset is not None, "call setup('test') first"
+        if self.test_dataset is None:
+            raise RuntimeError("call setup('test') first")
         return self._eval_loader(self.test_dataset, self._limit("limit_test_batches"))
 
     def predict_dataloader(self) -> DataLoader[Any]:
-        assert self.predict_dataset is not None, "call setup('predict') first"
+        if self.predict_dataset is None:
+            raise RuntimeError("call setup('predict') first")
         return self._loader(self.predict_dataset, self.hp.eval_batch_size, shuffle=False)
 
     def train_images_dataloader(self, ids: Sequence[int] | np.ndarray | None = None,
@@ -349,7 +354,8 @@ class VPRDataModule(pl.LightningDataModule):
             A loader of ``{key: (B, C, H, W), "index": (B,)}`` batches (``index``: position
             in ``ids``), using the datamodule's worker processes.
         """
-        assert self.train_images is not None, "call setup('fit') first"
+        if self.train_images is None:
+            raise RuntimeError("call setup('fit') first")
         ids = np.arange(len(self.train_images)) if ids is None else np.asarray(ids, dtype=np.int64)
         workers = self.hp.num_workers if len(ids) > self.hp.eval_batch_size else 0
         return DataLoader(EncodingView(self.train_images, ids, key), batch_size=self.hp.eval_batch_size,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structvpr.utils.modes import eval_mode
+
 
 class GeM(nn.Module):
     """Generalised-mean pooling, ``(B, C, H, W) -> (B, C)``.
@@ -123,16 +125,12 @@ def init_netvlad_from_images(encoder: Any, batches: Iterable[dict[str, Any]], ke
     if not isinstance(agg, NetVLAD):
         raise TypeError(f"the encoder's aggregator is a {type(agg).__name__}, not a NetVLAD")
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-    was_training = encoder.training
-    encoder.eval()
     feats = []
-    try:
+    with eval_mode(encoder):
         for batch in batches:
             for fmap in encoder.features(batch[key]):
                 local = fmap.flatten(1).T  # (hw, C)
                 feats.append(local[torch.randperm(local.shape[0], generator=gen)[:per_image]].cpu())
-    finally:
-        encoder.train(was_training)
     agg.init_clusters(torch.cat(feats), seed=seed)
 
 

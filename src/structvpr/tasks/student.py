@@ -17,6 +17,7 @@ from structvpr.losses import REFERENCE_MARGIN
 from structvpr.models.encoder import ModuleFactory
 from structvpr.tasks.base import VPRTask
 from structvpr.utils.io import atomic_path
+from structvpr.utils.modes import eval_mode
 
 
 class StructVPRStudent(VPRTask):
@@ -182,11 +183,8 @@ class StructVPRStudent(VPRTask):
                           "resize them as in training (structvpr.data.datasets.joint_transform)", stacklevel=2)  # fmt: skip
         if float(images.mean()) > 20:  # normalised images have values around 0; raw ones 0..255
             warnings.warn("images look unnormalised (mean > 20): give ImageNet-normalised float RGB", stacklevel=2)
-        was_training = self.training
-        self.eval()
-        out = [self(chunk.to(self.device)) for chunk in images.split(batch_size)]
-        self.train(was_training)
-        return torch.cat(out)
+        with eval_mode(self):
+            return torch.cat([self(chunk.to(self.device)) for chunk in images.split(batch_size)])
 
     def student_hparams(self) -> dict[str, Any]:
         """The hyper-parameters that rebuild this model as a plain :class:`StructVPRStudent`."""
