@@ -35,18 +35,29 @@ def main() -> None:
             continue
         if ns.collect:
             continue
-        overrides = [f"--data.init_args.root={ns.work / f'world{seed}'}", f"--data.init_args.synthetic_seed={seed}",
-                     f"--data.init_args.seed={seed}", f"--seed_everything={seed}", "--trainer.logger=false",
-                     "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=0"]  # fmt: skip
+        overrides = [
+            f"--data.init_args.root={ns.work / f'world{seed}'}",
+            f"--data.init_args.synthetic_seed={seed}",
+            f"--data.init_args.seed={seed}",
+            f"--seed_everything={seed}",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.num_workers=0",
+        ]
         runs[seed] = run_pipeline(out_dir=out, data_overrides=overrides)
     rows = list(next(iter(runs.values()))["results"])
-    summary = {row: {k: interval([100 * r["results"][row][k] for r in runs.values()]) for k in ("R@1", "R@5", "R@10")}
-               for row in rows}  # fmt: skip
+    summary = {
+        row: {k: interval([100 * r["results"][row][k] for r in runs.values()]) for k in ("R@1", "R@5", "R@10")} for row in rows
+    }
     student, baseline = ([100 * r["results"][row]["R@1"] for r in runs.values()] for row in (rows[-1], rows[1]))
-    report = {"what": "structvpr demo, world and training seed S, demo configs, one thread, no DataLoader workers",
-              "seeds": sorted(runs), "summary_mean_ci95": summary,
-              "student_minus_baseline_R@1": paired(student, baseline), "minutes": round((time.perf_counter() - start) / 60, 1),
-              "runs": {str(s): r["results"] for s, r in runs.items()}}  # fmt: skip
+    report = {
+        "what": "structvpr demo, world and training seed S, demo configs, one thread, no DataLoader workers",
+        "seeds": sorted(runs),
+        "summary_mean_ci95": summary,
+        "student_minus_baseline_R@1": paired(student, baseline),
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+        "runs": {str(s): r["results"] for s, r in runs.items()},
+    }
     if ns.collect or len(runs) == len(ns.seeds):
         ns.out.write_text(json.dumps(report, indent=1))
     for row, vals in summary.items():

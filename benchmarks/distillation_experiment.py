@@ -59,8 +59,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rescaled": {"options": {"normalize": True}, "tunes": ("distill_weight", "tau", "alpha")},
     "crossfit": {"options": {"normalize": True}, "tunes": (), "like": "rescaled"},
 }
-COMMON = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-          "--data.init_args.num_workers=0"]  # fmt: skip
+COMMON = [
+    "--trainer.logger=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.num_workers=0",
+]
 
 
 def world_dir(work: Path, noise: float, seed: int) -> Path:
@@ -90,8 +94,7 @@ def ensure_world(work: Path, noise: float, seed: int) -> Path:
 
 
 def data_args(root: Path, seed: int, split: str = "test") -> list[str]:
-    return [f"--data.init_args.root={root}", f"--data.init_args.test_split={split}", f"--seed_everything={seed}",
-            *COMMON]  # fmt: skip
+    return [f"--data.init_args.root={root}", f"--data.init_args.test_split={split}", f"--seed_everything={seed}", *COMMON]
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -130,8 +133,7 @@ def train_query_ranks(ckpt: str, root: Path, key: str = "image", max_rank: int =
     desc = encode_loader(model.encoder, loader, "label" if key != "image" else "image")
     n_db = bank.num_database
     utm = bank.utm
-    ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], max_rank, query_utm=utm[n_db:], database_utm=utm[:n_db],
-                                   radius=25.0)  # fmt: skip
+    ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], max_rank, query_utm=utm[n_db:], database_utm=utm[:n_db], radius=25.0)
     return {Path(bank.records[n_db + i].path).name: int(r) for i, r in enumerate(ranks.tolist())}
 
 
@@ -152,8 +154,7 @@ def run_base(work: Path, noise: float, seed: int) -> None:
         config = CONFIGS / f"{row}.yaml"
         cli = fit_stage(config, out, data_args(root, seed))
         ckpt = best_checkpoint(cli)
-        result = {"ckpt": ckpt, "val_best": val_best(cli),
-                  "test": test_stage(config, ckpt, out / "test", data_args(root, seed))}  # fmt: skip
+        result = {"ckpt": ckpt, "val_best": val_best(cli), "test": test_stage(config, ckpt, out / "test", data_args(root, seed))}
         if row == "baseline":
             result["train_ranks"] = train_query_ranks(ckpt, root)
         result["seconds"] = round(time.perf_counter() - start, 1)
@@ -178,8 +179,9 @@ def distill_config(out: Path, variant: str, setting: dict[str, Any], crossfit: l
     return path
 
 
-def partition_record(history: list[dict[str, Any]], names: list[str], truth: dict[str, dict[str, Any]],
-                     tau: int) -> dict[str, Any]:  # fmt: skip
+def partition_record(
+    history: list[dict[str, Any]], names: list[str], truth: dict[str, dict[str, Any]], tau: int
+) -> dict[str, Any]:
     """Per sub-epoch: group sizes and the noisy group's precision and recall against the manifest."""
     from structvpr.callbacks.weighting import GROUP_NAMES, partition
 
@@ -189,18 +191,25 @@ def partition_record(history: list[dict[str, Any]], names: list[str], truth: dic
         corrupted = np.array([truth[names[i]]["corrupted"] for i in h["image_ids"]])
         noisy = groups == 0
         hit = int((noisy & corrupted).sum())
-        epochs.append({
-            "subepoch": int(h["subepoch"]), **{f"{g}_count": int((groups == k).sum()) for k, g in enumerate(GROUP_NAMES)},
-            "corrupted": int(corrupted.sum()), "noisy_corrupted": hit,
-            "precision": hit / int(noisy.sum()) if noisy.any() else None,
-            "recall": hit / int(corrupted.sum()) if corrupted.any() else None,
-            "teacher_rank1": int((h["teacher_ranks"] == 1).sum()), "mean_weight": float(h["weights"].mean()),
-        })  # fmt: skip
+        epochs.append(
+            {
+                "subepoch": int(h["subepoch"]),
+                **{f"{g}_count": int((groups == k).sum()) for k, g in enumerate(GROUP_NAMES)},
+                "corrupted": int(corrupted.sum()),
+                "noisy_corrupted": hit,
+                "precision": hit / int(noisy.sum()) if noisy.any() else None,
+                "recall": hit / int(corrupted.sum()) if corrupted.any() else None,
+                "teacher_rank1": int((h["teacher_ranks"] == 1).sum()),
+                "mean_weight": float(h["weights"].mean()),
+            }
+        )
     first = history[0]
     groups0 = partition(torch.from_numpy(first["teacher_ranks"]), torch.from_numpy(first["student_ranks"]), tau)
-    return {"epochs": epochs,
-            "first_groups": {names[i]: int(g) for i, g in zip(first["image_ids"], groups0.tolist())},
-            "first_teacher_ranks": {names[i]: int(r) for i, r in zip(first["image_ids"], first["teacher_ranks"])}}  # fmt: skip
+    return {
+        "epochs": epochs,
+        "first_groups": {names[i]: int(g) for i, g in zip(first["image_ids"], groups0.tolist())},
+        "first_teacher_ranks": {names[i]: int(r) for i, r in zip(first["image_ids"], first["teacher_ranks"])},
+    }
 
 
 def run_variant(work: Path, noise: float, seed: int, variant: str, setting: dict[str, Any]) -> None:
@@ -214,20 +223,29 @@ def run_variant(work: Path, noise: float, seed: int, variant: str, setting: dict
     base = {row: read_json(world / row / "result.json") for row in ("teacher", "baseline")}
     crossfit = crossfit_teachers(work, noise, seed) if variant == "crossfit" else None
     config = distill_config(out, variant, setting, crossfit)
-    cli = fit_stage(config, out, [*data_args(root, seed), f"--model.init_args.teacher_ckpt={base['teacher']['ckpt']}",
-                                  f"--model.init_args.student_ckpt={base['baseline']['ckpt']}"])  # fmt: skip
+    cli = fit_stage(
+        config,
+        out,
+        [
+            *data_args(root, seed),
+            f"--model.init_args.teacher_ckpt={base['teacher']['ckpt']}",
+            f"--model.init_args.student_ckpt={base['baseline']['ckpt']}",
+        ],
+    )
     exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
     weighting = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SampleWeighting")
     bank = cli.datamodule.training_tuples.bank
     names = [Path(r.path).name for r in bank.records]
     truth = training_queries(root)
     result = {
-        "variant": variant, "setting": setting, "val_best": val_best(cli),
+        "variant": variant,
+        "setting": setting,
+        "val_best": val_best(cli),
         "test": test_stage(CONFIGS / "baseline.yaml", str(exporter.path), out / "test", data_args(root, seed)),
         "train_ranks": train_query_ranks(str(exporter.path), root),
         "partition": partition_record(weighting.history, names, truth, int(setting["tau"])),
         "seconds": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+    }
     write_json(out / "result.json", result)
     print(f"{out}: val R@1 {result['val_best']:.3f}, test R@1 {result['test']['R@1']:.3f}", flush=True)
 
@@ -240,16 +258,18 @@ def crossfit_teachers(work: Path, noise: float, seed: int, folds: int = 2) -> li
     for k in range(folds):
         out = world / f"teacher_fold{k}"
         if not (out / "result.json").exists():
-            cli = fit_stage(CONFIGS / "teacher.yaml", out, [*data_args(root, seed), f"--data.init_args.query_folds={folds}",
-                                                            f"--data.init_args.held_out_fold={k}"])  # fmt: skip
+            cli = fit_stage(
+                CONFIGS / "teacher.yaml",
+                out,
+                [*data_args(root, seed), f"--data.init_args.query_folds={folds}", f"--data.init_args.held_out_fold={k}"],
+            )
             write_json(out / "result.json", {"ckpt": best_checkpoint(cli), "val_best": val_best(cli)})
         paths.append(read_json(out / "result.json")["ckpt"])
     return paths
 
 
 def tune_jobs() -> list[tuple[float, int, str, dict[str, Any]]]:
-    return [(TUNE_NOISE, seed, v, s) for seed in TUNE_SEEDS for v in VARIANTS if VARIANTS[v]["tunes"]
-            for s in grid_settings(v)]  # fmt: skip
+    return [(TUNE_NOISE, seed, v, s) for seed in TUNE_SEEDS for v in VARIANTS if VARIANTS[v]["tunes"] for s in grid_settings(v)]
 
 
 def select(work: Path) -> dict[str, Any]:
@@ -264,8 +284,10 @@ def select(work: Path) -> dict[str, Any]:
             curve = {}
             for value in GRID[factor]:
                 trial = {**CENTRE, factor: value}
-                scores = [read_json(world_dir(work, TUNE_NOISE, s) / variant / setting_key(trial) / "result.json")["val_best"]
-                          for s in TUNE_SEEDS]  # fmt: skip
+                scores = [
+                    read_json(world_dir(work, TUNE_NOISE, s) / variant / setting_key(trial) / "result.json")["val_best"]
+                    for s in TUNE_SEEDS
+                ]
                 curve[str(value)] = {"mean": statistics.mean(scores), "values": scores}  # val R@1 in %
             curves[variant][factor] = curve
             # Best mean; a tie keeps the centre.
@@ -275,8 +297,14 @@ def select(work: Path) -> dict[str, Any]:
     for variant, spec in VARIANTS.items():
         if "like" in spec:
             chosen[variant] = dict(chosen[spec["like"]])
-    report = {"tune_noise": TUNE_NOISE, "tune_seeds": list(TUNE_SEEDS), "centre": CENTRE, "grid": GRID,
-              "chosen": chosen, "val_curves": curves}  # fmt: skip
+    report = {
+        "tune_noise": TUNE_NOISE,
+        "tune_seeds": list(TUNE_SEEDS),
+        "centre": CENTRE,
+        "grid": GRID,
+        "chosen": chosen,
+        "val_curves": curves,
+    }
     write_json(work / "chosen.json", report)
     return report
 
@@ -298,10 +326,12 @@ def main() -> None:
     parser.add_argument("phase", choices=["base", "tune", "select", "final", "report"])
     parser.add_argument("--work", default="runs/weighting", type=Path)
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th job from the i-th")
-    parser.add_argument("--crossfit-noise", type=float, nargs="*", default=[0.3],
-                        help="label-noise levels that also run the cross-fitted variant")
-    parser.add_argument("--out", default="benchmarks/results/distillation_experiment", type=Path,
-                        help="report: writes OUT.json and OUT.md")
+    parser.add_argument(
+        "--crossfit-noise", type=float, nargs="*", default=[0.3], help="label-noise levels that also run the cross-fitted variant"
+    )
+    parser.add_argument(
+        "--out", default="benchmarks/results/distillation_experiment", type=Path, help="report: writes OUT.json and OUT.md"
+    )
     ns = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("WANDB_MODE", "offline")

@@ -98,8 +98,12 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 #: Rows outside ROWS (run by ``rows --only``): see the module docstring.
 EXTRA_ROWS: dict[str, dict[str, Any]] = {"scratch": {"weighting": {"uniform": True}, "lambda_of": "uniform"}}
-COMMON = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-          "--data.init_args.num_workers=0"]  # fmt: skip
+COMMON = [
+    "--trainer.logger=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.num_workers=0",
+]
 
 
 # -- callbacks the experiment adds to the configs (imported by class_path "evidence.<name>") ---------
@@ -162,12 +166,15 @@ class TargetAudit(pl.Callback):
         v = pl_module.image_weights[torch.from_numpy(images)].cpu().numpy()
         mass = w_q * v
         bad = corrupted[images]
-        self.records.append({
-            "subepoch": int(ds.subepoch), "corrupted_share_of_targets": round(float(bad.mean()), 4),
-            "corrupted_share_of_mass": round(float(mass[bad].sum() / max(mass.sum(), 1e-12)), 4),
-            "query_targets_corrupted": round(float(bad[:, 0].mean()), 4),
-            "database_targets_corrupted_per_tuple": round(float(bad[:, 1:].sum(1).mean()), 3),
-        })  # fmt: skip
+        self.records.append(
+            {
+                "subepoch": int(ds.subepoch),
+                "corrupted_share_of_targets": round(float(bad.mean()), 4),
+                "corrupted_share_of_mass": round(float(mass[bad].sum() / max(mass.sum(), 1e-12)), 4),
+                "query_targets_corrupted": round(float(bad[:, 0].mean()), 4),
+                "database_targets_corrupted_per_tuple": round(float(bad[:, 1:].sum(1).mean()), 3),
+            }
+        )
         write_json(self.path, self.records)
 
 
@@ -184,20 +191,27 @@ def ensure_world(work: Path, seed: int) -> Path:
 
 
 def data_args(root: Path, seed: int) -> list[str]:
-    return [f"--data.init_args.root={root}", f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
-            "--data.init_args.synthetic_preset=null", *COMMON]  # fmt: skip
+    return [
+        f"--data.init_args.root={root}",
+        f"--seed_everything={seed}",
+        f"--data.init_args.seed={seed}",
+        "--data.init_args.synthetic_preset=null",
+        *COMMON,
+    ]
 
 
 def setting_key(s: dict[str, Any]) -> str:
     return f"lam{s['distill_weight']:g}_tau{s['tau']}_alpha{s['alpha']:g}"
 
 
-def _config(base: str, out: Path, epochs: int, extra_callbacks: list[dict[str, Any]],
-            keep_every_epoch: bool = False) -> dict[str, Any]:  # fmt: skip
+def _config(
+    base: str, out: Path, epochs: int, extra_callbacks: list[dict[str, Any]], keep_every_epoch: bool = False
+) -> dict[str, Any]:
     cfg = yaml.safe_load((CONFIGS / f"{base}.yaml").read_text())
     cfg["trainer"]["max_epochs"] = epochs
-    callbacks = [c for c in cfg["trainer"]["callbacks"] if not c["class_path"].endswith(("RetrievalPictures",
-                                                                                          "PredictionWriter"))]
+    callbacks = [
+        c for c in cfg["trainer"]["callbacks"] if not c["class_path"].endswith(("RetrievalPictures", "PredictionWriter"))
+    ]
     if keep_every_epoch:  # the unmonitored checkpoint keeps every epoch instead of the latest only
         for c in callbacks:
             if c["class_path"].endswith("ModelCheckpoint") and "monitor" not in c.get("init_args", {}):
@@ -227,8 +241,14 @@ def random_teacher(work: Path, seed: int) -> str:
         torch.manual_seed(10_000 + seed)
         model = SegTeacher(trunk="simple", aggregator="gem", lr=0.001, margin=0.1)
         tmp = path.with_suffix(".tmp")
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                    "pytorch-lightning_version": pl.__version__}, tmp)  # fmt: skip
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__,
+            },
+            tmp,
+        )
         os.replace(tmp, path)
     return str(path)
 
@@ -248,9 +268,12 @@ def run_teacher(work: Path, seed: int) -> dict[str, Any]:
         config = _write_config(_config("teacher", out, TEACHER_EPOCHS, []), out, "teacher.yaml")
         cli = fit_stage(config, out, data_args(root, seed))
         ckpt = best_checkpoint(cli)
-        result = {"ckpt": ckpt, "val_curve": read_json(out / "val_curve.json"),
-                  "test": test_stage(config, ckpt, out / "test", test_args(root, seed)),
-                  "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        result = {
+            "ckpt": ckpt,
+            "val_curve": read_json(out / "val_curve.json"),
+            "test": test_stage(config, ckpt, out / "test", test_args(root, seed)),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         write_json(out / "result.json", result)
         print(f"{out}: test R@1 {100 * result['test']['R@1']:.1f}", flush=True)
     return read_json(out / "result.json")
@@ -273,8 +296,11 @@ def run_baseline(work: Path, seed: int, train_seed: int | None = None) -> dict[s
         result: dict[str, Any] = {"val_curve": curve, "start_ckpt": str(ckpts / f"epoch{BASE_EPOCHS - 1:02d}.ckpt")}
         for name, sel in (("baseline_short", short), ("baseline_full", full)):
             ckpt = str(ckpts / f"epoch{int(sel['epoch']):02d}.ckpt")
-            result[name] = {"epoch": int(sel["epoch"]), "val": sel["val/R@1"],
-                            "test": test_stage(config, ckpt, out / f"test_{name}", test_args(root, seed))}  # fmt: skip
+            result[name] = {
+                "epoch": int(sel["epoch"]),
+                "val": sel["val/R@1"],
+                "test": test_stage(config, ckpt, out / f"test_{name}", test_args(root, seed)),
+            }
         result["seconds"] = round(time.perf_counter() - start, 1)
         write_json(out / "result.json", result)
         print(f"{out}: full-budget test R@1 {100 * result['baseline_full']['test']['R@1']:.1f}", flush=True)
@@ -296,15 +322,13 @@ def run_row(work: Path, seed: int, row: str, setting: dict[str, Any], train_seed
     extra: list[dict[str, Any]] = []
     if spec.get("oracle"):
         extra.append({"class_path": "evidence.OracleWeighting", "init_args": {"world": str(root)}})
-    extra.append({"class_path": "evidence.TargetAudit",
-                  "init_args": {"world": str(root), "path": str(out / "targets.json")}})  # fmt: skip
+    extra.append({"class_path": "evidence.TargetAudit", "init_args": {"world": str(root), "path": str(out / "targets.json")}})
     cfg = _config("distill", out, CONT_EPOCHS, extra)
     cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if not c["class_path"].endswith("SampleWeighting")]
     if spec["weighting"] is not None:
         args = {"tau": int(setting["tau"]), "alpha": float(setting["alpha"]), "max_rank": 100, **spec["weighting"]}
         mining = next(i for i, c in enumerate(cfg["trainer"]["callbacks"]) if c["class_path"].endswith("Mining"))
-        cfg["trainer"]["callbacks"].insert(mining + 1, {"class_path": "structvpr.callbacks.SampleWeighting",
-                                                        "init_args": args})  # fmt: skip
+        cfg["trainer"]["callbacks"].insert(mining + 1, {"class_path": "structvpr.callbacks.SampleWeighting", "init_args": args})
     model = cfg["model"]["init_args"]
     model["distill_weight"] = float(setting["distill_weight"])
     model["student_ckpt"] = base["start_ckpt"]
@@ -318,11 +342,14 @@ def run_row(work: Path, seed: int, row: str, setting: dict[str, Any], train_seed
     exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
     curve = read_json(out / "val_curve.json")
     result: dict[str, Any] = {
-        "row": row, "setting": setting, "train_seed": train_seed, "val_curve": curve,
+        "row": row,
+        "setting": setting,
+        "train_seed": train_seed,
+        "val_curve": curve,
         "selected": selected(curve, 0, CONT_EPOCHS - 1),
         "test": test_stage(CONFIGS / "baseline.yaml", str(exporter.path), out / "test", test_args(root, seed)),
         "targets": read_json(out / "targets.json"),
-    }  # fmt: skip
+    }
     weighting = next((c for c in cli.trainer.callbacks if type(c).__name__ == "SampleWeighting"), None)
     if weighting is not None:
         result["partition"] = partition_record(weighting, cli, str(root), int(setting["tau"]))
@@ -348,8 +375,7 @@ def run_scratch(work: Path, seed: int, setting: dict[str, Any]) -> dict[str, Any
     cfg = _config("distill", out, BASE_EPOCHS + CONT_EPOCHS, extra, keep_every_epoch=True)
     for c in cfg["trainer"]["callbacks"]:
         if c["class_path"].endswith("SampleWeighting"):
-            c["init_args"] = {"tau": int(setting["tau"]), "alpha": float(setting["alpha"]), "max_rank": 100,
-                              "uniform": True}  # fmt: skip
+            c["init_args"] = {"tau": int(setting["tau"]), "alpha": float(setting["alpha"]), "max_rank": 100, "uniform": True}
     model = cfg["model"]["init_args"]
     model.update(distill_weight=float(setting["distill_weight"]), student_ckpt=None, teacher_ckpt=teacher["ckpt"])
     config = _write_config(cfg, out, "distill.yaml")
@@ -360,10 +386,15 @@ def run_scratch(work: Path, seed: int, setting: dict[str, Any]) -> dict[str, Any
     student = StructVPRDistillation.load_from_checkpoint(ckpts / f"epoch{int(sel['epoch']):02d}.ckpt", map_location="cpu")
     path = student.export_student(out / "student.ckpt")
     result: dict[str, Any] = {
-        "row": "scratch", "setting": setting, "train_seed": seed, "val_curve": curve, "selected": sel,
+        "row": "scratch",
+        "setting": setting,
+        "train_seed": seed,
+        "val_curve": curve,
+        "selected": sel,
         "test": test_stage(CONFIGS / "baseline.yaml", str(path), out / "test", test_args(root, seed)),
-        "targets": read_json(out / "targets.json"), "seconds": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+        "targets": read_json(out / "targets.json"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     write_json(out / "result.json", result)
     for ckpt in ckpts.glob("*.ckpt"):
         ckpt.unlink()
@@ -383,8 +414,12 @@ def partition_record(weighting: Any, cli: Any, root: str, tau: int) -> dict[str,
     out: dict[str, Any] = {}
     for part, members in (("query", ids >= n_db), ("database", ids < n_db)):
         c, z = corrupted[ids[members]], noisy[members]
-        out[part] = {"images": int(members.sum()), "corrupted": int(c.sum()), "noisy": int(z.sum()),
-                     "noisy_corrupted": int((c & z).sum())}  # fmt: skip
+        out[part] = {
+            "images": int(members.sum()),
+            "corrupted": int(c.sum()),
+            "noisy": int(z.sum()),
+            "noisy_corrupted": int((c & z).sum()),
+        }
     return out
 
 
@@ -417,8 +452,9 @@ def select(work: Path) -> dict[str, Any]:
     """Per tuned row, the grid point with the best val R@1 on the tuning world (its selected epoch)."""
     chosen, scores = {}, {}
     for row in GRID:
-        table = {setting_key(s): (read_json(world_dir(work, TUNE_SEED) / row / setting_key(s) / "result.json"), s)
-                 for s in grid(row)}  # fmt: skip
+        table = {
+            setting_key(s): (read_json(world_dir(work, TUNE_SEED) / row / setting_key(s) / "result.json"), s) for s in grid(row)
+        }
         scores[row] = {k: r["selected"]["val/R@1"] for k, (r, _) in table.items()}
         best = max(table.values(), key=lambda rs: rs[0]["selected"]["val/R@1"])
         chosen[row] = best[1]
@@ -470,8 +506,7 @@ def main() -> None:
     parser.add_argument("phase", choices=["prepare", "tune", "select", "rows", "report", "extend"])
     parser.add_argument("--work", default="runs/evidence", type=Path)
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th job (rows: world) from the i-th")
-    parser.add_argument("--out", default="benchmarks/results/evidence", type=Path,
-                        help="report: writes OUT.json and OUT.md")
+    parser.add_argument("--out", default="benchmarks/results/evidence", type=Path, help="report: writes OUT.json and OUT.md")
     parser.add_argument("--worlds", type=world_range, help="rows: these final worlds (5-10, or 5,7) instead of all")
     parser.add_argument("--only", help="rows with --worlds: only these rows (comma-separated, scratch allowed)")
     parser.add_argument("--previous", type=Path, help="extend: an earlier report whose per-world R@1 are pooled")
@@ -512,9 +547,18 @@ def main() -> None:
         from report_evidence import write_report
 
         test_queries = synthetic.PRESETS[PRESET].splits["test"].num_queries
-        write_report(ns.work, ns.out, final_seeds=FINAL_SEEDS, tune_seed=TUNE_SEED, confirm_seed=CONFIRM_SEED,
-                     spread_seeds=SPREAD_SEEDS, base_epochs=BASE_EPOCHS, cont_epochs=CONT_EPOCHS,
-                     test_queries=test_queries, preset=PRESET)  # fmt: skip
+        write_report(
+            ns.work,
+            ns.out,
+            final_seeds=FINAL_SEEDS,
+            tune_seed=TUNE_SEED,
+            confirm_seed=CONFIRM_SEED,
+            spread_seeds=SPREAD_SEEDS,
+            base_epochs=BASE_EPOCHS,
+            cont_epochs=CONT_EPOCHS,
+            test_queries=test_queries,
+            preset=PRESET,
+        )
 
 
 if __name__ == "__main__":

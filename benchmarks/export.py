@@ -41,10 +41,15 @@ def case(name: str, model: StructVPRStudent, size: tuple[int, int], batch: int, 
                 t0 = time.perf_counter()
                 got = session.run(["descriptors"], {"images": images.numpy()})[0]
                 ort_s.append(time.perf_counter() - t0)
-    return {"model": name, "image_size": list(size), "batch": batch, "descriptor_dim": int(got.shape[1]),
-            "max_abs_diff": float(np.abs(got - ref.numpy()).max()),
-            "ms_per_image_pytorch": round(min(torch_s) * 1000 / batch, 1),
-            "ms_per_image_onnxruntime": round(min(ort_s) * 1000 / batch, 1)}  # fmt: skip
+    return {
+        "model": name,
+        "image_size": list(size),
+        "batch": batch,
+        "descriptor_dim": int(got.shape[1]),
+        "max_abs_diff": float(np.abs(got - ref.numpy()).max()),
+        "ms_per_image_pytorch": round(min(torch_s) * 1000 / batch, 1),
+        "ms_per_image_onnxruntime": round(min(ort_s) * 1000 / batch, 1),
+    }
 
 
 def main() -> None:
@@ -60,8 +65,15 @@ def main() -> None:
         paper.encoder.aggregator.init_clusters(torch.randn(2000, 512))
         paper.encoder.pca.fit(torch.nn.functional.normalize(torch.randn(5000, 64 * 512), dim=1))
         rows.append(case("VGG16 + NetVLAD + PCA-4096", paper, (480, 640), 2, 2))
-    result = {"machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "torch": torch.__version__, "onnxruntime": ort.__version__}, "rows": rows}  # fmt: skip
+    result = {
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+        },
+        "rows": rows,
+    }
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(rows, indent=2))

@@ -66,12 +66,27 @@ def _model(quick: bool) -> StructVPRStudent:
 def train_throughput(root: str, precision: str, ns: argparse.Namespace) -> dict[str, float]:
     pl.seed_everything(0)
     size = (48, 64) if ns.quick else (480, 640)
-    dm = VPRDataModule(root=root, image_size=size, batch_size=ns.batch_size, num_negatives=ns.negatives,
-                       num_workers=ns.workers, cache_images=True, synthetic_preset=None, with_labels=False)  # fmt: skip
+    dm = VPRDataModule(
+        root=root,
+        image_size=size,
+        batch_size=ns.batch_size,
+        num_negatives=ns.negatives,
+        num_workers=ns.workers,
+        cache_images=True,
+        synthetic_preset=None,
+        with_labels=False,
+    )
     clock = _StepClock()
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=ns.steps, limit_val_batches=0, precision=precision,  # type: ignore[arg-type]
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         callbacks=[HardNegativeMining(), clock])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=ns.steps,
+        limit_val_batches=0,
+        precision=precision,  # type: ignore[arg-type]
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[HardNegativeMining(), clock],
+    )
     model = _model(ns.quick)
     trainer.fit(model, datamodule=dm)
     # The bare model: forward + backward on device-resident tuples of the same shape.
@@ -95,9 +110,12 @@ def train_throughput(root: str, precision: str, ns: argparse.Namespace) -> dict[
             times.append(time.perf_counter() - t0)
     bare = x.shape[0] * x.shape[1] * len(times) / sum(times)
     train = clock.images / max(clock.step + clock.wait, 1e-9)
-    return {"train_images_per_s": round(train, 1), "bare_images_per_s": round(bare, 1),
-            "train_over_bare": round(train / bare, 3),
-            "dataloader_wait_fraction": round(clock.wait / max(clock.step + clock.wait, 1e-9), 3)}  # fmt: skip
+    return {
+        "train_images_per_s": round(train, 1),
+        "bare_images_per_s": round(bare, 1),
+        "train_over_bare": round(train / bare, 3),
+        "dataloader_wait_fraction": round(clock.wait / max(clock.step + clock.wait, 1e-9), 3),
+    }
 
 
 def recall_at_scale(n_db: int, n_q: int, dim: int) -> dict[str, float]:
@@ -117,8 +135,14 @@ def recall_at_scale(n_db: int, n_q: int, dim: int) -> dict[str, float]:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return {"database": n_db, "queries": n_q, "dim": dim, "seconds": round(seconds, 2),
-            "peak_gpu_gib": round(peak, 2), "R@1": float(result["R@1"])}  # fmt: skip
+    return {
+        "database": n_db,
+        "queries": n_q,
+        "dim": dim,
+        "seconds": round(seconds, 2),
+        "peak_gpu_gib": round(peak, 2),
+        "R@1": float(result["R@1"]),
+    }
 
 
 def main() -> None:
@@ -134,11 +158,19 @@ def main() -> None:
     if not Path(ns.root).exists():
         synthetic.generate(ns.root, "tiny43" if ns.quick else "demo43", seed=0)
     result: dict[str, Any] = {
-        "machine": {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                    "platform": platform.platform(), "torch": torch.__version__},
-        "settings": {"image_size": [48, 64] if ns.quick else [480, 640], "batch_tuples": ns.batch_size,
-                     "images_per_tuple": 2 + ns.negatives, "steps": ns.steps, "quick": ns.quick},
-    }  # fmt: skip
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "settings": {
+            "image_size": [48, 64] if ns.quick else [480, 640],
+            "batch_tuples": ns.batch_size,
+            "images_per_tuple": 2 + ns.negatives,
+            "steps": ns.steps,
+            "quick": ns.quick,
+        },
+    }
     for precision in ("32-true", "bf16-mixed"):
         result[precision] = train_throughput(ns.root, precision, ns)
         print(precision, result[precision], flush=True)

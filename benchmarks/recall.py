@@ -85,16 +85,24 @@ def case(n_db: int, n_q: int, dim: int, k: int = 20, tm_queries: int = 50) -> di
     fastest = min(t_bare, t_faiss)
     t_tm = timed(tm_subset, 1) * n_q / tm_queries
     return {
-        "database": n_db, "queries": n_q, "dim": dim,
-        "seconds": {"metric": round(t_metric, 3), "metric_torch": round(t_metric_torch, 3),
-                    "bare_matmul_topk": round(t_bare, 3),
-                    "faiss_flat": round(t_faiss, 3), "torchmetrics_hit_rate_scaled": round(t_tm, 2)},
-        "ratios": {"metric_over_fastest_bare": round(t_metric / fastest, 3),
-                   "metric_torch_over_bare_matmul": round(t_metric_torch / t_bare, 3),
-                   "faiss_over_metric": round(t_faiss / t_metric, 3),
-                   "torchmetrics_over_metric": round(t_tm / t_metric, 1)},
+        "database": n_db,
+        "queries": n_q,
+        "dim": dim,
+        "seconds": {
+            "metric": round(t_metric, 3),
+            "metric_torch": round(t_metric_torch, 3),
+            "bare_matmul_topk": round(t_bare, 3),
+            "faiss_flat": round(t_faiss, 3),
+            "torchmetrics_hit_rate_scaled": round(t_tm, 2),
+        },
+        "ratios": {
+            "metric_over_fastest_bare": round(t_metric / fastest, 3),
+            "metric_torch_over_bare_matmul": round(t_metric_torch / t_bare, 3),
+            "faiss_over_metric": round(t_faiss / t_metric, 3),
+            "torchmetrics_over_metric": round(t_tm / t_metric, 1),
+        },
         "torchmetrics_note": f"timed on {tm_queries} queries, scaled x{n_q / tm_queries:.0f}",
-    }  # fmt: skip
+    }
 
 
 def peak_memory_child(n_db: int, n_q: int, dim: int) -> None:
@@ -103,15 +111,29 @@ def peak_memory_child(n_db: int, n_q: int, dim: int) -> None:
     for start in range(0, n_db + n_q, 65536):
         stop = min(start + 65536, n_db + n_q)
         chunk = torch.arange(start, stop)
-        m.update(F.normalize(torch.randn(len(chunk), dim, generator=g), dim=1), chunk, chunk >= n_db,
-                 torch.rand(len(chunk), 2, generator=g).double() * 20000)  # fmt: skip
+        m.update(
+            F.normalize(torch.randn(len(chunk), dim, generator=g), dim=1),
+            chunk,
+            chunk >= n_db,
+            torch.rand(len(chunk), 2, generator=g).double() * 20000,
+        )
     start = time.perf_counter()
     out = m.compute()
     secs = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"database": n_db, "queries": n_q, "dim": dim, "compute_seconds": round(secs, 2),
-                      "peak_rss_gib": round(peak_gib, 2), "descriptor_gib": round((n_db + n_q) * dim * 4 / 2**30, 2),
-                      "R@1": float(out["R@1"])}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "database": n_db,
+                "queries": n_q,
+                "dim": dim,
+                "compute_seconds": round(secs, 2),
+                "peak_rss_gib": round(peak_gib, 2),
+                "descriptor_gib": round((n_db + n_q) * dim * 4 / 2**30, 2),
+                "R@1": float(out["R@1"]),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -127,15 +149,21 @@ def main() -> None:
     mem = (1_000_000, 1_000, 256)
     if ns.quick:
         sizes, mem = [(5_000, 500, 64)], (50_000, 100, 64)
-    results = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
-                           "torch": torch.__version__, "faiss": faiss.__version__}, "cases": []}  # fmt: skip
+    results = {
+        "machine": {
+            "cpus": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+        },
+        "cases": [],
+    }
     for n_db, n_q, dim in sizes:
         print(f"case {n_db} x {n_q} x {dim} ...", flush=True)
         results["cases"].append(case(n_db, n_q, dim))
         print(json.dumps(results["cases"][-1]["ratios"]), flush=True)
     if not ns.skip_memory:
-        child = subprocess.run([sys.executable, __file__, "--child", *map(str, mem)], capture_output=True, text=True,
-                               check=True)  # fmt: skip
+        child = subprocess.run([sys.executable, __file__, "--child", *map(str, mem)], capture_output=True, text=True, check=True)
         results["peak_memory"] = json.loads(child.stdout.strip().splitlines()[-1])
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,14 @@ import numpy as np
 from scipy import stats
 
 ROWS = ("teacher", "baseline", "uniform", "weighted", "rescaled", "crossfit")
-PAIRS = (("weighted", "uniform"), ("rescaled", "uniform"), ("crossfit", "uniform"), ("crossfit", "rescaled"),
-         ("weighted", "rescaled"), ("uniform", "baseline"))  # fmt: skip
+PAIRS = (
+    ("weighted", "uniform"),
+    ("rescaled", "uniform"),
+    ("crossfit", "uniform"),
+    ("crossfit", "rescaled"),
+    ("weighted", "rescaled"),
+    ("uniform", "baseline"),
+)
 KEYS = ("R@1", "R@5", "R@10")
 GROUPS = ("noisy", "teachable", "consistent")
 CONDITIONS = ("day", "dusk", "night", "fog")
@@ -46,8 +52,11 @@ def training_queries(root: Path) -> dict[str, dict[str, Any]]:
     for m in json.loads((root / "manifest.json").read_text())["images"]:
         if m["split"] == "train" and m["role"] == "queries":
             c, kind = m["condition"], m.get("label_corruption")
-            out[Path(m["path"]).name] = {"corrupted": kind is not None, "corruption": kind or "clean",
-                                         "condition": "fog" if c.get("fog", 0) > 0 else c["illumination"]}  # fmt: skip
+            out[Path(m["path"]).name] = {
+                "corrupted": kind is not None,
+                "corruption": kind or "clean",
+                "condition": "fog" if c.get("fog", 0) > 0 else c["illumination"],
+            }
     return out
 
 
@@ -92,17 +101,23 @@ def summarise(work: Path) -> dict[str, Any]:
         for a, b in PAIRS:
             both = sorted(s for s, r in seeds.items() if a in r and b in r)
             if len(both) > 1:
-                diffs[f"{a} - {b}"] = {k: paired([100 * seeds[s][a]["test"][k] for s in both],
-                                                 [100 * seeds[s][b]["test"][k] for s in both]) for k in KEYS}  # fmt: skip
+                diffs[f"{a} - {b}"] = {
+                    k: paired([100 * seeds[s][a]["test"][k] for s in both], [100 * seeds[s][b]["test"][k] for s in both])
+                    for k in KEYS
+                }
         for row in ("uniform", "weighted", "rescaled", "crossfit"):
             records = [seeds[s][row]["partition"] for s in seeds if row in seeds[s]]
             if records:
                 partition[row] = partition_summary(records)
                 partition[f"{row}_by_corruption"] = noisy_by_corruption(
-                    [seeds[s][row] for s in seeds if row in seeds[s]], work, noise,
-                    [s for s in seeds if row in seeds[s]])  # fmt: skip
-                gains[row] = group_gains([(seeds[s]["baseline"], seeds[s][row]) for s in seeds if row in seeds[s]],
-                                         work, noise, [s for s in seeds if row in seeds[s]])  # fmt: skip
+                    [seeds[s][row] for s in seeds if row in seeds[s]], work, noise, [s for s in seeds if row in seeds[s]]
+                )
+                gains[row] = group_gains(
+                    [(seeds[s]["baseline"], seeds[s][row]) for s in seeds if row in seeds[s]],
+                    work,
+                    noise,
+                    [s for s in seeds if row in seeds[s]],
+                )
         out["noise"][str(noise)] = {"test": table, "paired": diffs, "partition": partition, "group_gains": gains}
     return out
 
@@ -119,16 +134,22 @@ def partition_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
         hit = sum(x["noisy_corrupted"] for x in rows)
         noisy, corrupted = sum(x["noisy_count"] for x in rows), sum(x["corrupted"] for x in rows)
-        epochs.append({"subepoch": e, **{f"{g}_count": mean(f"{g}_count") for g in GROUPS},
-                       "corrupted": mean("corrupted"), "teacher_rank1": mean("teacher_rank1"),
-                       "precision_pooled": round(hit / noisy, 3) if noisy else None,
-                       "recall_pooled": round(hit / corrupted, 3) if corrupted else None,
-                       "precision_mean": mean("precision"), "recall_mean": mean("recall")})  # fmt: skip
+        epochs.append(
+            {
+                "subepoch": e,
+                **{f"{g}_count": mean(f"{g}_count") for g in GROUPS},
+                "corrupted": mean("corrupted"),
+                "teacher_rank1": mean("teacher_rank1"),
+                "precision_pooled": round(hit / noisy, 3) if noisy else None,
+                "recall_pooled": round(hit / corrupted, 3) if corrupted else None,
+                "precision_mean": mean("precision"),
+                "recall_mean": mean("recall"),
+            }
+        )
     return epochs
 
 
-def noisy_by_corruption(results: list[dict[str, Any]], work: Path, noise: float,
-                        seeds: list[int]) -> dict[str, dict[str, Any]]:  # fmt: skip
+def noisy_by_corruption(results: list[dict[str, Any]], work: Path, noise: float, seeds: list[int]) -> dict[str, dict[str, Any]]:
     """Per corruption kind (and clean maps): training queries, and the share in the noisy group (pooled)."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for result, seed in zip(results, seeds):
@@ -139,8 +160,7 @@ def noisy_by_corruption(results: list[dict[str, Any]], work: Path, noise: float,
     return {k: {"n": n, "noisy": round(100 * m / n, 1)} for k, (n, m) in sorted(counts.items())}
 
 
-def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, noise: float,
-                seeds: list[int]) -> dict[str, Any]:  # fmt: skip
+def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, noise: float, seeds: list[int]) -> dict[str, Any]:
     """Training-query R@1 of baseline and student per (first sub-epoch) group and condition, pooled over seeds."""
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])  # n, baseline hits, student hits
     for (baseline, student), seed in zip(pairs, seeds):
@@ -153,8 +173,12 @@ def group_gains(pairs: list[tuple[dict[str, Any], dict[str, Any]]], work: Path, 
                 cell[2] += int(student["train_ranks"][name] == 1)
     out: dict[str, Any] = {}
     for (group, cond), (n, b, s) in sorted(counts.items()):
-        out.setdefault(group, {})[cond] = {"n": n, "baseline": round(100 * b / n, 1), "student": round(100 * s / n, 1),
-                                           "gain": round(100 * (s - b) / n, 1)}  # fmt: skip
+        out.setdefault(group, {})[cond] = {
+            "n": n,
+            "baseline": round(100 * b / n, 1),
+            "student": round(100 * s / n, 1),
+            "gain": round(100 * (s - b) / n, 1),
+        }
     return out
 
 
@@ -170,51 +194,81 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = []
     chosen = summary["chosen"]
     width = max(len(curve) for factors in chosen["val_curves"].values() for curve in factors.values())
-    lines += [f"### Settings chosen on val (noise {chosen['tune_noise']}, seeds {chosen['tune_seeds']})", "",
-              "| variant | lambda | tau | alpha |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"### Settings chosen on val (noise {chosen['tune_noise']}, seeds {chosen['tune_seeds']})",
+        "",
+        "| variant | lambda | tau | alpha |",
+        "|---|---|---|---|",
+    ]
     for variant, s in chosen["chosen"].items():
         lines.append(f"| {variant} | {s['distill_weight']:g} | {s['tau']} | {s['alpha']:g} |")
-    lines += ["", "Val R@1 (mean over the tuning seeds) along each factor, the others at the centre "
-              f"{chosen['centre']}:", "", "| variant | factor | " + " | ".join(["value: val R@1"] * width) + " |",
-              "|---|---|" + "---|" * width]  # fmt: skip
+    lines += [
+        "",
+        f"Val R@1 (mean over the tuning seeds) along each factor, the others at the centre {chosen['centre']}:",
+        "",
+        "| variant | factor | " + " | ".join(["value: val R@1"] * width) + " |",
+        "|---|---|" + "---|" * width,
+    ]
     for variant, factors in chosen["val_curves"].items():
         for factor, curve in factors.items():
             cells = [f"{v}: {c['mean']:.1f}" for v, c in curve.items()] + [""] * (width - len(curve))
             lines.append(f"| {variant} | {factor} | " + " | ".join(cells) + " |")
     for noise, block in summary["noise"].items():
-        lines += ["", f"### Label noise {noise}: test split, mean ± 95% CI over seeds", "",
-                  "| model | seeds | R@1 | R@5 | R@10 |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"### Label noise {noise}: test split, mean ± 95% CI over seeds",
+            "",
+            "| model | seeds | R@1 | R@5 | R@10 |",
+            "|---|---|---|---|---|",
+        ]
         for row, vals in block["test"].items():
             lines.append(f"| {row} | {len(vals['seeds'])} | " + " | ".join(_fmt(vals[k]) for k in KEYS) + " |")
         lines += ["", "| paired difference | R@1 | wins/losses/ties | sign p | R@5 | R@10 |", "|---|---|---|---|---|---|"]
         for pair, vals in block["paired"].items():
             r1 = vals["R@1"]
-            lines.append(f"| {pair} | {_fmt(r1)} | {r1['wins']}/{r1['losses']}/{r1['ties']} | {r1['sign_p']:.3f} | "
-                         f"{_fmt(vals['R@5'])} | {_fmt(vals['R@10'])} |")  # fmt: skip
+            lines.append(
+                f"| {pair} | {_fmt(r1)} | {r1['wins']}/{r1['losses']}/{r1['ties']} | {r1['sign_p']:.3f} | "
+                f"{_fmt(vals['R@5'])} | {_fmt(vals['R@10'])} |"
+            )
         kinds = {row[: -len("_by_corruption")]: v for row, v in block["partition"].items() if row.endswith("_by_corruption")}
         if kinds:
             names = sorted({k for v in kinds.values() for k in v})
-            lines += ["", "Share of each kind of label map put in the noisy group (%, pooled over seeds; n training "
-                      "queries in brackets):", "", "| run | " + " | ".join(names) + " |",
-                      "|---|" + "---|" * len(names)]  # fmt: skip
+            lines += [
+                "",
+                "Share of each kind of label map put in the noisy group (%, pooled over seeds; n training queries in brackets):",
+                "",
+                "| run | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+            ]
             for row, v in kinds.items():
                 cells = [f"{v[k]['noisy']:.0f} ({v[k]['n']})" if k in v else "-" for k in names]
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
         for row, epochs in block["partition"].items():
             if row.endswith("_by_corruption"):
                 continue
-            lines += ["", f"Partition of the `{row}` run per sub-epoch (means over seeds; precision and recall of the "
-                      "noisy group against the manifest's corrupted training queries, pooled over seeds):", "",
-                      "| sub-epoch | noisy | teachable | consistent | corrupted | r_T = 1 | precision | recall |",
-                      "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"Partition of the `{row}` run per sub-epoch (means over seeds; precision and recall of the "
+                "noisy group against the manifest's corrupted training queries, pooled over seeds):",
+                "",
+                "| sub-epoch | noisy | teachable | consistent | corrupted | r_T = 1 | precision | recall |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for e in epochs:
-                lines.append(f"| {e['subepoch']} | {e['noisy_count']} | {e['teachable_count']} | {e['consistent_count']} "
-                             f"| {e['corrupted']} | {e['teacher_rank1']} | {_opt(e['precision_pooled'])} | "
-                             f"{_opt(e['recall_pooled'])} |")  # fmt: skip
+                lines.append(
+                    f"| {e['subepoch']} | {e['noisy_count']} | {e['teachable_count']} | {e['consistent_count']} "
+                    f"| {e['corrupted']} | {e['teacher_rank1']} | {_opt(e['precision_pooled'])} | "
+                    f"{_opt(e['recall_pooled'])} |"
+                )
         for row, gains in block["group_gains"].items():
-            lines += ["", f"Training-query R@1 gain, baseline -> `{row}` student, by first-sub-epoch group and "
-                      "condition (pooled over seeds; n queries in brackets):", "",
-                      "| group | " + " | ".join([*CONDITIONS, "all"]) + " |", "|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"Training-query R@1 gain, baseline -> `{row}` student, by first-sub-epoch group and "
+                "condition (pooled over seeds; n queries in brackets):",
+                "",
+                "| group | " + " | ".join([*CONDITIONS, "all"]) + " |",
+                "|---|---|---|---|---|---|",
+            ]
             for group in GROUPS:
                 cells = []
                 for cond in (*CONDITIONS, "all"):

@@ -14,17 +14,33 @@ import numpy as np
 from report_distillation import interval
 from scipy import stats
 
-ROWS = ("teacher", "baseline_short", "baseline_full", "lambda0", "uniform", "paper", "meanone", "meanone_image",
-        "oracle", "random_teacher", "self_distill")  # fmt: skip
+ROWS = (
+    "teacher",
+    "baseline_short",
+    "baseline_full",
+    "lambda0",
+    "uniform",
+    "paper",
+    "meanone",
+    "meanone_image",
+    "oracle",
+    "random_teacher",
+    "self_distill",
+)
 LABELS = {
-    "teacher": "SegTeacher (label maps)", "baseline_short": "RGB baseline, best epoch before the students branch off",
-    "baseline_full": "RGB baseline, full budget", "lambda0": "lambda 0 continuation (no teacher)",
-    "uniform": "uniform distillation", "paper": "StructVPR weights, paper form (per query)",
-    "meanone": "StructVPR weights, mean 1 (per query)", "meanone_image": "StructVPR weights, mean 1 (per image)",
-    "oracle": "oracle weights (corrupted maps 0)", "random_teacher": "random-weight teacher",
+    "teacher": "SegTeacher (label maps)",
+    "baseline_short": "RGB baseline, best epoch before the students branch off",
+    "baseline_full": "RGB baseline, full budget",
+    "lambda0": "lambda 0 continuation (no teacher)",
+    "uniform": "uniform distillation",
+    "paper": "StructVPR weights, paper form (per query)",
+    "meanone": "StructVPR weights, mean 1 (per query)",
+    "meanone_image": "StructVPR weights, mean 1 (per image)",
+    "oracle": "oracle weights (corrupted maps 0)",
+    "random_teacher": "random-weight teacher",
     "self_distill": "RGB self-distillation (baseline as teacher)",
     "scratch": "uniform distillation from random weights, full budget",
-}  # fmt: skip
+}
 #: (a, b, what the difference a - b measures)
 PAIRS = (
     ("uniform", "lambda0", "distillation proper: the teacher over the same steps"),
@@ -69,9 +85,17 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     sign_p = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
     sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
     t_p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and sd > 0 else math.nan
-    return {**interval(d), "sd": round(sd, 2), "wins": wins, "losses": losses, "ties": len(d) - wins - losses,
-            "sign_p": round(sign_p, 4), "t_p": round(t_p, 4), "mdd": round(minimum_detectable(sd, len(d)), 2),
-            "pairs_for_mdd_2": pairs_needed(sd, 2.0) if math.isfinite(sd) else None}  # fmt: skip
+    return {
+        **interval(d),
+        "sd": round(sd, 2),
+        "wins": wins,
+        "losses": losses,
+        "ties": len(d) - wins - losses,
+        "sign_p": round(sign_p, 4),
+        "t_p": round(t_p, 4),
+        "mdd": round(minimum_detectable(sd, len(d)), 2),
+        "pairs_for_mdd_2": pairs_needed(sd, 2.0) if math.isfinite(sd) else None,
+    }
 
 
 def _chosen_result(world: Path, row: str, chosen: dict[str, Any], suffix: str = "") -> dict[str, Any] | None:
@@ -91,13 +115,23 @@ def world_rows(world: Path, chosen: dict[str, Any], suffix: str = "") -> dict[st
     if (base_dir / "result.json").exists():
         b = json.loads((base_dir / "result.json").read_text())
         for name in ("baseline_short", "baseline_full"):
-            out[name] = {"test": _percent(b[name]["test"]), "val": b[name]["val"], "epoch": b[name]["epoch"],
-                         "curve": b["val_curve"]}  # fmt: skip
+            out[name] = {
+                "test": _percent(b[name]["test"]),
+                "val": b[name]["val"],
+                "epoch": b[name]["epoch"],
+                "curve": b["val_curve"],
+            }
     for row in chosen:
         r = _chosen_result(world, row, chosen, suffix)
         if r is not None:
-            out[row] = {"test": _percent(r["test"]), "val": r["selected"]["val/R@1"], "curve": r["val_curve"],
-                        "targets": r["targets"], "partition": r.get("partition"), "seconds": r.get("seconds")}  # fmt: skip
+            out[row] = {
+                "test": _percent(r["test"]),
+                "val": r["selected"]["val/R@1"],
+                "curve": r["val_curve"],
+                "targets": r["targets"],
+                "partition": r.get("partition"),
+                "seconds": r.get("seconds"),
+            }
     return out
 
 
@@ -110,39 +144,65 @@ def _mean_curve(curves: list[list[dict[str, float]]]) -> list[float]:
     return [round(float(np.mean([c[i]["val/R@1"] for c in curves])), 2) for i in range(length)]
 
 
-def summarise(work: Path, final_seeds: Sequence[int], tune_seed: int, confirm_seed: int,
-              spread_seeds: Sequence[int], base_epochs: int, cont_epochs: int,
-              test_queries: int, preset: str = "powered") -> dict[str, Any]:  # fmt: skip
+def summarise(
+    work: Path,
+    final_seeds: Sequence[int],
+    tune_seed: int,
+    confirm_seed: int,
+    spread_seeds: Sequence[int],
+    base_epochs: int,
+    cont_epochs: int,
+    test_queries: int,
+    preset: str = "powered",
+) -> dict[str, Any]:
     chosen_file = json.loads((work / "chosen.json").read_text())
     chosen = chosen_file["chosen"]
     worlds = {s: world_rows(work / f"world{s}", chosen) for s in final_seeds}
     complete = [s for s in final_seeds if all(r in worlds[s] for r in ROWS)]
     out: dict[str, Any] = {
-        "design": {"preset": preset, "label_noise": 0.3, "test_queries": test_queries, "val_queries": 500,
-                   "train_queries": 300, "base_epochs": base_epochs, "continuation_epochs": cont_epochs,
-                   "selection": f"best val R@1 among the last {cont_epochs} epochs of every RGB row",
-                   "final_seeds": list(final_seeds), "complete_worlds": complete, "tune_seed": tune_seed,
-                   "confirm_seed": confirm_seed, "spread_training_seeds": list(spread_seeds),
-                   "binomial_se_at_50pct": round(100 * math.sqrt(0.25 / test_queries), 2)},
+        "design": {
+            "preset": preset,
+            "label_noise": 0.3,
+            "test_queries": test_queries,
+            "val_queries": 500,
+            "train_queries": 300,
+            "base_epochs": base_epochs,
+            "continuation_epochs": cont_epochs,
+            "selection": f"best val R@1 among the last {cont_epochs} epochs of every RGB row",
+            "final_seeds": list(final_seeds),
+            "complete_worlds": complete,
+            "tune_seed": tune_seed,
+            "confirm_seed": confirm_seed,
+            "spread_training_seeds": list(spread_seeds),
+            "binomial_se_at_50pct": round(100 * math.sqrt(0.25 / test_queries), 2),
+        },
         "chosen": chosen_file,
-    }  # fmt: skip
+    }
     out["test"] = {row: {k: interval([worlds[s][row]["test"][k] for s in complete]) for k in KEYS} for row in ROWS}
     out["test_per_world"] = {row: {str(s): round(worlds[s][row]["test"]["R@1"], 2) for s in complete} for row in ROWS}
-    out["paired_R@1"] = {f"{a} - {b}": {**paired([worlds[s][a]["test"]["R@1"] for s in complete],
-                                                 [worlds[s][b]["test"]["R@1"] for s in complete]), "what": what}
-                         for a, b, what in PAIRS}  # fmt: skip
+    out["paired_R@1"] = {
+        f"{a} - {b}": {
+            **paired([worlds[s][a]["test"]["R@1"] for s in complete], [worlds[s][b]["test"]["R@1"] for s in complete]),
+            "what": what,
+        }
+        for a, b, what in PAIRS
+    }
     # The run-to-run spread: the tuning world, its own training seed and the spread's others.
-    spread_worlds = [world_rows(work / f"world{tune_seed}", chosen, "" if t == tune_seed else f"_train{t}")
-                     for t in spread_seeds]  # fmt: skip
+    spread_worlds = [world_rows(work / f"world{tune_seed}", chosen, "" if t == tune_seed else f"_train{t}") for t in spread_seeds]
     spread: dict[str, Any] = {}
     for row in ("baseline_full", "lambda0", "uniform"):
         values = [w[row]["test"]["R@1"] for w in spread_worlds if row in w]
-        spread[row] = {"test_R@1": [round(v, 2) for v in values],
-                       "sd": round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None}  # fmt: skip
-    diffs = [w["uniform"]["test"]["R@1"] - w["lambda0"]["test"]["R@1"] for w in spread_worlds
-             if "uniform" in w and "lambda0" in w]  # fmt: skip
-    spread["uniform - lambda0"] = {"values": [round(d, 2) for d in diffs],
-                                   "sd": round(float(np.std(diffs, ddof=1)), 2) if len(diffs) > 1 else None}  # fmt: skip
+        spread[row] = {
+            "test_R@1": [round(v, 2) for v in values],
+            "sd": round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None,
+        }
+    diffs = [
+        w["uniform"]["test"]["R@1"] - w["lambda0"]["test"]["R@1"] for w in spread_worlds if "uniform" in w and "lambda0" in w
+    ]
+    spread["uniform - lambda0"] = {
+        "values": [round(d, 2) for d in diffs],
+        "sd": round(float(np.std(diffs, ddof=1)), 2) if len(diffs) > 1 else None,
+    }
     out["spread_same_world"] = spread
     # Val curves: the mean over complete worlds, and the change over the last 3 epochs.
     curves = {}
@@ -161,8 +221,7 @@ def summarise(work: Path, final_seeds: Sequence[int], tune_seed: int, confirm_se
     targets, partitions = {}, {}
     for row in ("uniform", "paper", "meanone", "meanone_image", "oracle"):
         recs = [t for s in complete for t in worlds[s][row]["targets"]]
-        targets[row] = {k: round(float(np.mean([t[k] for t in recs])), 4) for k in recs[0]
-                        if k != "subepoch"} if recs else {}  # fmt: skip
+        targets[row] = {k: round(float(np.mean([t[k] for t in recs])), 4) for k in recs[0] if k != "subepoch"} if recs else {}
         parts = [worlds[s][row]["partition"] for s in complete if worlds[s][row].get("partition")]
         if parts:
             partitions[row] = {}
@@ -191,8 +250,10 @@ def verdicts(out: dict[str, Any]) -> dict[str, str]:
         if p["n"] < 2:
             return f"{key}: not enough worlds"
         state = "significant" if _significant(p) else f"not detected (this design detects {p['mdd']:.1f} points)"
-        return (f"{key} = {p['mean']:+.1f} +- {p['ci95']:.1f} R@1 over {p['n']} worlds "
-                f"({p['wins']}/{p['losses']}/{p['ties']} wins/losses/ties): {state}")
+        return (
+            f"{key} = {p['mean']:+.1f} +- {p['ci95']:.1f} R@1 over {p['n']} worlds "
+            f"({p['wins']}/{p['losses']}/{p['ties']} wins/losses/ties): {state}"
+        )
 
     teacher = [say("uniform - lambda0"), say("uniform - self_distill"), say("random_teacher - lambda0")]
     weighting = [say(k) for k in ("meanone - uniform", "meanone_image - uniform", "paper - uniform", "oracle - uniform")]
@@ -202,54 +263,84 @@ def verdicts(out: dict[str, Any]) -> dict[str, str]:
 def markdown(out: dict[str, Any]) -> str:
     d = out["design"]
     lines = [
-        "# Evidence: does the teacher's structure help? (benchmarks/evidence.py)", "",
+        "# Evidence: does the teacher's structure help? (benchmarks/evidence.py)",
+        "",
         f"Worlds: {len(d['complete_worlds'])} complete of seeds {d['final_seeds']} (`{d['preset']}` preset, label "
         f"noise {d['label_noise']}, {d['train_queries']} training / {d['val_queries']} val / {d['test_queries']} test "
         f"queries; binomial SE of one R@1 near 50%: {d['binomial_se_at_50pct']} points). Every RGB row trains "
         f"{d['base_epochs'] + d['continuation_epochs']} epochs ({d['base_epochs']} of baseline, then "
-        f"{d['continuation_epochs']}) and is selected as {d['selection']}.", "",
-        "## Test split, mean +- 95% t interval over worlds", "",
-        "| row | R@1 | R@5 | R@10 |", "|---|---|---|---|",
-    ]  # fmt: skip
+        f"{d['continuation_epochs']}) and is selected as {d['selection']}.",
+        "",
+        "## Test split, mean +- 95% t interval over worlds",
+        "",
+        "| row | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|",
+    ]
     for row in ROWS:
         t = out["test"][row]
         lines.append(f"| {LABELS[row]} | " + " | ".join(f"{t[k]['mean']:.1f} +- {t[k]['ci95']:.1f}" for k in KEYS) + " |")
-    lines += ["", "## Paired test R@1 differences (budget-matched)", "",
-              "| difference | what it measures | mean +- 95% CI | sd | wins/losses/ties | t p | MDD | pairs for MDD 2 |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Paired test R@1 differences (budget-matched)",
+        "",
+        "| difference | what it measures | mean +- 95% CI | sd | wins/losses/ties | t p | MDD | pairs for MDD 2 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, p in out["paired_R@1"].items():
-        lines.append(f"| {key} | {p['what']} | {p['mean']:+.1f} +- {p['ci95']:.1f} | {p['sd']} | "
-                     f"{p['wins']}/{p['losses']}/{p['ties']} | {p['t_p']} | {p['mdd']} | {p['pairs_for_mdd_2']} |")
-    lines += ["", "MDD: the smallest true mean difference a two-sided paired t-test (alpha 0.05) detects with power "
-              "0.8 at this many worlds, from the observed sd of the differences.", "",
-              "## Verdicts", "", f"- Teacher's structure: {out['verdicts']['teacher_structure']}.",
-              f"- Weighting: {out['verdicts']['weighting']}.", "",
-              "## Run-to-run spread (the tuning world, training seeds " + str(d["spread_training_seeds"]) + ")", ""]
+        lines.append(
+            f"| {key} | {p['what']} | {p['mean']:+.1f} +- {p['ci95']:.1f} | {p['sd']} | "
+            f"{p['wins']}/{p['losses']}/{p['ties']} | {p['t_p']} | {p['mdd']} | {p['pairs_for_mdd_2']} |"
+        )
+    lines += [
+        "",
+        "MDD: the smallest true mean difference a two-sided paired t-test (alpha 0.05) detects with power "
+        "0.8 at this many worlds, from the observed sd of the differences.",
+        "",
+        "## Verdicts",
+        "",
+        f"- Teacher's structure: {out['verdicts']['teacher_structure']}.",
+        f"- Weighting: {out['verdicts']['weighting']}.",
+        "",
+        "## Run-to-run spread (the tuning world, training seeds " + str(d["spread_training_seeds"]) + ")",
+        "",
+    ]
     for row, s in out["spread_same_world"].items():
         lines.append(f"- {row}: {s.get('test_R@1', s.get('values'))} (sd {s['sd']})")
     lines += ["", "## Val curves (mean val R@1 per epoch over complete worlds)", ""]
     for row, c in out["val_curves"].items():
-        lines.append(f"- {row} (change over the last 3 epochs of its selection window {c['last3_change']}): "
-                     f"{c['mean_val_R@1']}")
+        lines.append(f"- {row} (change over the last 3 epochs of its selection window {c['last3_change']}): {c['mean_val_R@1']}")
     lines += ["", "## Chosen settings (tuning world) and their val R@1 on the confirmation world", ""]
     for row, s in out["chosen"]["chosen"].items():
         lines.append(f"- {row}: {s}; confirmation val R@1 {out['confirm_val_R@1'].get(row)}")
     lines += ["", "Val grid on the tuning world (selected-epoch val R@1):", ""]
     for row, scores in out["chosen"]["val_R@1"].items():
         lines.append(f"- {row}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()))
-    lines += ["", "## Where the distillation mass goes (mean over sub-epochs and worlds)", "",
-              "| row | corrupted share of targets | corrupted share of mass | query targets corrupted | "
-              "corrupted database targets per tuple |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Where the distillation mass goes (mean over sub-epochs and worlds)",
+        "",
+        "| row | corrupted share of targets | corrupted share of mass | query targets corrupted | "
+        "corrupted database targets per tuple |",
+        "|---|---|---|---|---|",
+    ]
     for row, t in out["targets"].items():
         if t:
-            lines.append(f"| {row} | {t['corrupted_share_of_targets']} | {t['corrupted_share_of_mass']} | "
-                         f"{t['query_targets_corrupted']} | {t['database_targets_corrupted_per_tuple']} |")
-    lines += ["", "## Noisy group against the manifest (first sub-epoch, pooled over worlds)", "",
-              "| row | unit | images | corrupted | noisy | precision | recall |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {row} | {t['corrupted_share_of_targets']} | {t['corrupted_share_of_mass']} | "
+                f"{t['query_targets_corrupted']} | {t['database_targets_corrupted_per_tuple']} |"
+            )
+    lines += [
+        "",
+        "## Noisy group against the manifest (first sub-epoch, pooled over worlds)",
+        "",
+        "| row | unit | images | corrupted | noisy | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row, parts in out["partition"].items():
         for unit, p in parts.items():
-            lines.append(f"| {row} | {unit} | {p['images']} | {p['corrupted']} | {p['noisy']} | {p['precision']} | "
-                         f"{p['recall']} |")
+            lines.append(
+                f"| {row} | {unit} | {p['images']} | {p['corrupted']} | {p['noisy']} | {p['precision']} | {p['recall']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -298,7 +389,7 @@ def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: 
     for world in sorted(work.glob("world*")):
         if world.name in skip or not world.is_dir():
             continue
-        seed = world.name[len("world"):]
+        seed = world.name[len("world") :]
         if seed in source:
             raise SystemExit(f"{world}: world {seed} is already in {previous}")
         rows = world_rows(world, chosen)
@@ -308,42 +399,61 @@ def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: 
                 curves[row].append(rows[row]["curve"])
         if rows:
             source[seed] = str(work)
-    out: dict[str, Any] = {"design": {"base_epochs": base_epochs, "continuation_epochs": cont_epochs,
-                                      "worlds": source, "chosen": chosen}}  # fmt: skip
+    out: dict[str, Any] = {
+        "design": {"base_epochs": base_epochs, "continuation_epochs": cont_epochs, "worlds": source, "chosen": chosen}
+    }
     out["test_per_world"] = per_world
     out["test"] = {row: {"R@1": interval(list(v.values()))} for row, v in per_world.items() if v}
     pairs = {}
     for a, b, what in EXTENSION_PAIRS:
         common = sorted(set(per_world[a]) & set(per_world[b]), key=int)
         if len(common) >= 2:
-            pairs[f"{a} - {b}"] = {**paired([per_world[a][w] for w in common], [per_world[b][w] for w in common]),
-                                   "worlds": [int(w) for w in common], "what": what}  # fmt: skip
+            pairs[f"{a} - {b}"] = {
+                **paired([per_world[a][w] for w in common], [per_world[b][w] for w in common]),
+                "worlds": [int(w) for w in common],
+                "what": what,
+            }
     out["paired_R@1"] = pairs
     out["val_curves"] = {}
     for row, cs in curves.items():
         if cs:
             mean = _mean_curve(cs)
-            out["val_curves"][row] = {"worlds": len(cs), "mean_val_R@1": mean,
-                                      "last3_change": round(mean[-1] - mean[-3], 2) if len(mean) >= 3 else None}  # fmt: skip
+            out["val_curves"][row] = {
+                "worlds": len(cs),
+                "mean_val_R@1": mean,
+                "last3_change": round(mean[-1] - mean[-3], 2) if len(mean) >= 3 else None,
+            }
     return out
 
 
 def extension_markdown(out: dict[str, Any]) -> str:
-    lines = ["# Evidence, more worlds for the key rows (benchmarks/evidence.py extend)", "",
-             "Worlds and where they ran: " + ", ".join(f"{w} ({s})" for w, s in out["design"]["worlds"].items()), "",
-             "## Test R@1, mean +- 95% t interval over worlds", "", "| row | worlds | R@1 |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Evidence, more worlds for the key rows (benchmarks/evidence.py extend)",
+        "",
+        "Worlds and where they ran: " + ", ".join(f"{w} ({s})" for w, s in out["design"]["worlds"].items()),
+        "",
+        "## Test R@1, mean +- 95% t interval over worlds",
+        "",
+        "| row | worlds | R@1 |",
+        "|---|---|---|",
+    ]
     for row, t in out["test"].items():
         lines.append(f"| {LABELS[row]} | {t['R@1']['n']} | {t['R@1']['mean']:.1f} +- {t['R@1']['ci95']:.1f} |")
-    lines += ["", "## Paired test R@1 differences (budget-matched)", "",
-              "| difference | what it measures | worlds | mean +- 95% CI | sd | wins/losses/ties | t p | MDD | pairs for MDD 2 |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Paired test R@1 differences (budget-matched)",
+        "",
+        "| difference | what it measures | worlds | mean +- 95% CI | sd | wins/losses/ties | t p | MDD | pairs for MDD 2 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, p in out["paired_R@1"].items():
-        lines.append(f"| {key} | {p['what']} | {p['n']} | {p['mean']:+.1f} +- {p['ci95']:.1f} | {p['sd']} | "
-                     f"{p['wins']}/{p['losses']}/{p['ties']} | {p['t_p']} | {p['mdd']} | {p['pairs_for_mdd_2']} |")
+        lines.append(
+            f"| {key} | {p['what']} | {p['n']} | {p['mean']:+.1f} +- {p['ci95']:.1f} | {p['sd']} | "
+            f"{p['wins']}/{p['losses']}/{p['ties']} | {p['t_p']} | {p['mdd']} | {p['pairs_for_mdd_2']} |"
+        )
     lines += ["", "## Val curves of this run's worlds (mean val R@1 per epoch)", ""]
     for row, c in out["val_curves"].items():
-        lines.append(f"- {row} ({c['worlds']} worlds; change over the last 3 epochs {c['last3_change']}): "
-                     f"{c['mean_val_R@1']}")
+        lines.append(f"- {row} ({c['worlds']} worlds; change over the last 3 epochs {c['last3_change']}): {c['mean_val_R@1']}")
     return "\n".join(lines) + "\n"
 
 

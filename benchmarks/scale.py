@@ -135,8 +135,14 @@ def run_one(size: int, subepochs: int) -> dict[str, Any]:
     tables_mib = _rss_mib() - rss0
     task = _StandIn(dataset.num_training_queries)
     miner, weighting = HardNegativeMining(cache_negatives=1000), SampleWeighting(ranks="subepoch")
-    trainer: Any = SimpleNamespace(datamodule=_Data(dataset), loggers=[], global_step=0, callbacks=[miner, weighting],
-                                   strategy=SimpleNamespace(broadcast=lambda x, src=0: x), current_epoch=0)
+    trainer: Any = SimpleNamespace(
+        datamodule=_Data(dataset),
+        loggers=[],
+        global_step=0,
+        callbacks=[miner, weighting],
+        strategy=SimpleNamespace(broadcast=lambda x, src=0: x),
+        current_epoch=0,
+    )
     miner.setup(trainer, task, "fit")  # type: ignore[arg-type]
     weighting.setup(trainer, task, "fit")  # type: ignore[arg-type]
     times, peaks, encoded = [], [], []
@@ -151,15 +157,20 @@ def run_one(size: int, subepochs: int) -> dict[str, Any]:
         encoded.append(task.images_encoded - before)
     per_sub = float(np.median(times))
     return {
-        "bank_images": size, "database": bank.num_database, "training_queries": dataset.num_training_queries,
-        "coordinate_tables_seconds": round(tables_s, 2), "coordinate_tables_mib": round(tables_mib, 1),
-        "seconds_per_subepoch": round(per_sub, 3), "subepochs_per_epoch": -(-dataset.num_training_queries // 1000),
+        "bank_images": size,
+        "database": bank.num_database,
+        "training_queries": dataset.num_training_queries,
+        "coordinate_tables_seconds": round(tables_s, 2),
+        "coordinate_tables_mib": round(tables_mib, 1),
+        "seconds_per_subepoch": round(per_sub, 3),
+        "subepochs_per_epoch": -(-dataset.num_training_queries // 1000),
         "seconds_per_epoch": round(per_sub * -(-dataset.num_training_queries // 1000), 1),
-        "rss_after_imports_mib": round(rss0, 1), "peak_rss_mib": round(max(peaks), 1),
+        "rss_after_imports_mib": round(rss0, 1),
+        "peak_rss_mib": round(max(peaks), 1),
         "peak_rss_minus_tables_mib": round(max(peaks) - tables_mib - rss0, 1),
         "images_encoded_per_subepoch": int(np.median(encoded)),
         "rank_database_size": int(weighting.last_stats["weighting/rank_database_size"]),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -174,20 +185,35 @@ def main() -> None:
         return
     rows = []
     for size in ns.sizes:  # a fresh process per size, so each peak is its own
-        out = subprocess.run([sys.executable, __file__, "--one", str(size), "--subepochs", str(ns.subepochs)],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(size), "--subepochs", str(ns.subepochs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     by_size = {r["bank_images"]: r for r in rows}
     growth = {}
     if 100_000 in by_size and 1_400_000 in by_size:
         a, b = by_size[100_000], by_size[1_400_000]
-        growth = {key: round(b[key] / a[key], 2) for key in ("seconds_per_subepoch", "peak_rss_minus_tables_mib",
-                                                             "peak_rss_mib", "coordinate_tables_mib")}  # fmt: skip
-    result = {"machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-              "settings": {"cities": CITIES, "descriptor_dim": DIM, "cache_queries": 1000, "cache_negatives": 1000,
-                           "num_negatives": 10, "subepochs_timed": ns.subepochs},
-              "rows": rows, "growth_100k_to_1.4M": growth}  # fmt: skip
+        growth = {
+            key: round(b[key] / a[key], 2)
+            for key in ("seconds_per_subepoch", "peak_rss_minus_tables_mib", "peak_rss_mib", "coordinate_tables_mib")
+        }
+    result = {
+        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "settings": {
+            "cities": CITIES,
+            "descriptor_dim": DIM,
+            "cache_queries": 1000,
+            "cache_negatives": 1000,
+            "num_negatives": 10,
+            "subepochs_timed": ns.subepochs,
+        },
+        "rows": rows,
+        "growth_100k_to_1.4M": growth,
+    }
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result["growth_100k_to_1.4M"], indent=2))

@@ -29,8 +29,14 @@ from structvpr.tasks import SegTeacher, StructVPRDistillation, StructVPRStudent
 def _teacher_checkpoint(folder: Path) -> str:
     teacher = SegTeacher()
     path = folder / "teacher.ckpt"
-    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": teacher.state_dict(),
+            "hyper_parameters": dict(teacher.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -45,8 +51,9 @@ def main() -> None:
     if not Path(ns.root).exists():
         synthetic.generate(ns.root, "demo", seed=0)
     pl.seed_everything(0)
-    dm = VPRDataModule(root=ns.root, image_size=tuple(ns.image_size), batch_size=ns.batch_size,
-                       cache_images=True, synthetic_preset=None)  # fmt: skip
+    dm = VPRDataModule(
+        root=ns.root, image_size=tuple(ns.image_size), batch_size=ns.batch_size, cache_images=True, synthetic_preset=None
+    )
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
     batches = [next(loader) for _ in range(min(ns.steps, len(dm.train_dataloader())))]
@@ -85,14 +92,13 @@ def main() -> None:
     median = {name: statistics.median(t) * 1000 for name, t in times.items()}
     result = {
         "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-        "batch": {"tuples": ns.batch_size, "images_per_tuple": batches[0]["image"].shape[1],
-                  "image_size": ns.image_size},
+        "batch": {"tuples": ns.batch_size, "images_per_tuple": batches[0]["image"].shape[1], "image_size": ns.image_size},
         "median_step_ms": {k: round(v, 1) for k, v in median.items()},
         "ratio_to_baseline": {k: round(v / median["baseline"], 3) for k, v in median.items()},
         "teacher_cache_build_seconds": round(cache_seconds or 0.0, 2),
         "teacher_cache_images": len(ids),
         "steps_timed": len(times["baseline"]),
-    }  # fmt: skip
+    }
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

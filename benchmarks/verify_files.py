@@ -67,12 +67,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     workers = ns.workers or min(16, len(os.sched_getaffinity(0)))
     out = {
-        "images": ns.images, "image": f"640x480 JPEG, {size // 1024} KB", "workers": workers,
-        "first_run_seconds": timings["first"], "second_run_seconds": timings["second"],
+        "images": ns.images,
+        "image": f"640x480 JPEG, {size // 1024} KB",
+        "workers": workers,
+        "first_run_seconds": timings["first"],
+        "second_run_seconds": timings["second"],
         "first_run_ms_per_image": round(1000 * timings["first"] / ns.images, 3),
         "second_run_ms_per_image": round(1000 * timings["second"] / ns.images, 4),
-        "tree_seconds": round(made, 1), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-    }  # fmt: skip
+        "tree_seconds": round(made, 1),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))

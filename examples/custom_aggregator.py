@@ -62,15 +62,27 @@ def main() -> None:
     if not Path(ns.root).exists():
         synthetic.generate(ns.root, "tiny", seed=0)
     config = Path(__file__).resolve().parents[1] / "lightning_configs/synthetic/baseline.yaml"
-    cli = cli_main(["fit", "--config", str(config), f"--data.init_args.root={ns.root}",
-                    "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0",
-                    "--model.init_args.aggregator.class_path=custom_aggregator.MeanMaxPool",
-                    "--model.init_args.aggregator.init_args.scale=2.0",
-                    "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                    f"--trainer.default_root_dir={ns.out}"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            f"--data.init_args.root={ns.root}",
+            "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0",
+            "--model.init_args.aggregator.class_path=custom_aggregator.MeanMaxPool",
+            "--model.init_args.aggregator.init_args.scale=2.0",
+            "--trainer.max_epochs=1",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={ns.out}",
+        ]
+    )
     encoder = cli.model.encoder
-    print(f"aggregator {type(encoder.aggregator).__name__}: descriptors of {encoder.descriptor_dim} dimensions, "
-          f"val/R@1 {float(cli.trainer.callback_metrics['val/R@1']):.1f}")
+    print(
+        f"aggregator {type(encoder.aggregator).__name__}: descriptors of {encoder.descriptor_dim} dimensions, "
+        f"val/R@1 {float(cli.trainer.callback_metrics['val/R@1']):.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,17 @@ def main() -> None:
     start = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu", weights_only=True)
     model = StructVPRStudent(**{**start.student_hparams(), "lr": ns.lr})
     model.encoder.load_state_dict(start.encoder.state_dict())
-    data = VPRDataModule(root=ns.root, image_size=tuple(ns.image_size), with_labels=False, synthetic_preset=None,
-                         batch_size=4, num_workers=0)  # fmt: skip
+    data = VPRDataModule(
+        root=ns.root, image_size=tuple(ns.image_size), with_labels=False, synthetic_preset=None, batch_size=4, num_workers=0
+    )
     best = pl.callbacks.ModelCheckpoint(dirpath=Path(ns.out) / "checkpoints", monitor="val/R@1", mode="max")
-    trainer = pl.Trainer(max_epochs=ns.epochs, logger=False, default_root_dir=ns.out, enable_progress_bar=False,
-                         callbacks=[HardNegativeMining(), best])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=ns.epochs,
+        logger=False,
+        default_root_dir=ns.out,
+        enable_progress_bar=False,
+        callbacks=[HardNegativeMining(), best],
+    )
     trainer.fit(model, datamodule=data)
     tuned = StructVPRStudent.load_from_checkpoint(best.best_model_path, map_location="cpu", weights_only=True)
     path = tuned.export_student(Path(ns.out) / "student.ckpt")

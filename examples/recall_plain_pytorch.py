@@ -29,8 +29,11 @@ def main() -> None:
     ns = parser.parse_args()
 
     model = StructVPRStudent.load_from_checkpoint(ns.ckpt, map_location="cpu", weights_only=True).eval()
-    dataset = ImageDataset(read_split(ns.root, ns.split, "database"), read_split(ns.root, ns.split, "queries"),
-                           joint_transform(tuple(ns.image_size), train=False))  # fmt: skip
+    dataset = ImageDataset(
+        read_split(ns.root, ns.split, "database"),
+        read_split(ns.root, ns.split, "queries"),
+        joint_transform(tuple(ns.image_size), train=False),
+    )
     metric = RecallAtN(ns=(1, 5, 10), radius=25.0)
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=64):

@@ -6,5 +6,6 @@ bash scripts/setup_env.sh
 export WANDB_MODE=offline WANDB_SILENT=true
 # Lint and type-check first (ruff and mypy, configured in pyproject.toml), then the tests.
 .venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check src tests benchmarks examples
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -61,5 +61,3 @@ def trained(tiny_world, tmp_path_factory):
         trainer.save_checkpoint(path)
         out[name] = str(path)
     return out
-
-

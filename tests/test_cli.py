@@ -7,8 +7,14 @@ import wandb
 
 from structvpr.cli import cli_main, main
 
-TINY = ["--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+TINY = [
+    "--data.init_args.image_size=[32, 64]",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=4",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 def test_python_m_structvpr_help_lists_every_command():
@@ -38,9 +44,17 @@ def test_synth_command_writes_a_world(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def teacher_ckpt(tiny_world, tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("cli-teacher")
-    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
-                    f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={out}",
-                    "--trainer.logger=false", *TINY])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
+            f"--data.init_args.root={tiny_world}",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.logger=false",
+            *TINY,
+        ]
+    )
     path = cli.trainer.checkpoint_callback.best_model_path
     assert Path(path).is_file()
     return path
@@ -52,8 +66,12 @@ def test_teacher_config_trains(teacher_ckpt):
 
 def test_baseline_config_trains_with_offline_wandb_and_tests(tiny_world, tmp_path, repo_root, capsys):
     cfg = str(repo_root / "lightning_configs/synthetic/baseline.yaml")
-    common = [f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path}",
-              f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY]
+    common = [
+        f"--data.init_args.root={tiny_world}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        *TINY,
+    ]
     cli = cli_main(["fit", "--config", cfg, *common])
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     assert (tmp_path / "wandb").is_dir()  # offline run files, no network
@@ -65,9 +83,18 @@ def test_baseline_config_trains_with_offline_wandb_and_tests(tiny_world, tmp_pat
 
 
 def test_distill_config_trains_and_exports(tiny_world, tmp_path, repo_root, teacher_ckpt):
-    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/distill.yaml"),
-                    f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path}",
-                    f"--model.init_args.teacher_ckpt={teacher_ckpt}", "--trainer.logger=false", *TINY])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/distill.yaml"),
+            f"--data.init_args.root={tiny_world}",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--model.init_args.teacher_ckpt={teacher_ckpt}",
+            "--trainer.logger=false",
+            *TINY,
+        ]
+    )
     exporter = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ExportStudent")
     assert exporter.path.is_file()
     weighting = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SampleWeighting")
@@ -78,8 +105,12 @@ def test_distill_config_trains_and_exports(tiny_world, tmp_path, repo_root, teac
 @pytest.mark.parametrize("stage", ["teacher", "baseline", "distill"])
 def test_paper_configs_parse(stage, repo_root, tmp_path):
     cfg = repo_root / f"lightning_configs/paper/{stage}.yaml"
-    out = subprocess.run([sys.executable, "-m", "structvpr", "fit", "--config", str(cfg), "--print_config"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "structvpr", "fit", "--config", str(cfg), "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "vgg16" in out.stdout and "netvlad" in out.stdout
     assert "pca_dim: 4096" in out.stdout and "FitPCAWhitening" in out.stdout
@@ -89,8 +120,12 @@ def test_bad_config_keys_get_a_short_message_naming_the_config(tmp_path, repo_ro
     bad = tmp_path / "bad.yaml"
     config = (repo_root / "lightning_configs/synthetic/teacher.yaml").read_text()
     bad.write_text(config.replace("    lr: 0.001", "    lrr: 0.001"))
-    out = subprocess.run([sys.executable, "-m", "structvpr", "fit", "--config", str(bad), "--print_config"],
-                         capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "structvpr", "fit", "--config", str(bad), "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert f"structvpr fit: bad configuration in {bad}" in out.stderr and "Option 'lrr' is not accepted" in out.stderr
     assert "usage:" not in out.stderr and len(out.stderr.splitlines()) < 12
@@ -114,23 +149,38 @@ def _msls_tree(root):
 def student_ckpt(tiny_world, tmp_path_factory, repo_root):
     """A baseline trained through the CLI at 32x64 (TINY)."""
     out = tmp_path_factory.mktemp("cli-student")
-    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
-                    f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={out}",
-                    "--trainer.logger=false", *TINY])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
+            f"--data.init_args.root={tiny_world}",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.logger=false",
+            *TINY,
+        ]
+    )
     return cli.trainer.checkpoint_callback.best_model_path
 
 
-def test_test_feeds_the_checkpoint_its_training_size_unless_the_command_line_sets_another(student_ckpt, tmp_path,
-                                                                                         repo_root, capsys,
-                                                                                         monkeypatch):  # fmt: skip
+def test_test_feeds_the_checkpoint_its_training_size_unless_the_command_line_sets_another(
+    student_ckpt, tmp_path, repo_root, capsys, monkeypatch
+):
     """A student trained at 32x64, tested through msls_val.yaml (480x640): tested at 32x64, with the
     same recall as when that size is given by hand; a size forced on the command line warns naming both.
     The config has no logger: its reports go under runs/benchmarks/msls_val, not the current folder."""
     _msls_tree(tmp_path / "msls")
     monkeypatch.chdir(tmp_path)
-    common = ["--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), "--ckpt_path",
-              student_ckpt, f"--data.init_args.root={tmp_path / 'msls'}", "--data.init_args.num_workers=0",
-              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    common = [
+        "--config",
+        str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"),
+        "--ckpt_path",
+        student_ckpt,
+        f"--data.init_args.root={tmp_path / 'msls'}",
+        "--data.init_args.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+    ]
     auto = cli_main(["test", *common])
     assert auto.datamodule.image_size == (32, 64)
     assert (tmp_path / "runs/benchmarks/msls_val/version_0/test_results.md").is_file()
@@ -157,15 +207,24 @@ def test_a_checkpoint_with_another_normalisation_is_refused(student_ckpt, tmp_pa
         checkpoint_input_size(tmp_path / "other.ckpt")
 
 
-def test_user_errors_print_one_short_message_and_debug_shows_the_traceback(student_ckpt, tmp_path, repo_root,
-                                                                          capsys, monkeypatch):  # fmt: skip
+def test_user_errors_print_one_short_message_and_debug_shows_the_traceback(
+    student_ckpt, tmp_path, repo_root, capsys, monkeypatch
+):
     from structvpr.errors import DatasetLayoutError, MissingCheckpointError
 
     monkeypatch.delenv("STRUCTVPR_DEBUG", raising=False)
     (tmp_path / "empty").mkdir()
-    args = ["test", "--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), "--ckpt_path",
-            student_ckpt, f"--data.init_args.root={tmp_path / 'empty'}", "--data.init_args.num_workers=0",
-            "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path / 'out'}"]  # fmt: skip
+    args = [
+        "test",
+        "--config",
+        str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"),
+        "--ckpt_path",
+        student_ckpt,
+        f"--data.init_args.root={tmp_path / 'empty'}",
+        "--data.init_args.num_workers=0",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path / 'out'}",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 1
@@ -183,9 +242,11 @@ def test_user_errors_print_one_short_message_and_debug_shows_the_traceback(stude
 def test_a_worker_wrapped_message_is_cut_to_its_last_line():
     from structvpr.errors import ImageReadError, user_error_message
 
-    wrapped = ImageReadError("Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                             "call last):\n  File \"x.py\", line 3, in f\n    raise ImageReadError(...)\n"
-                             "structvpr.errors.ImageReadError: /data/a.jpg: truncated image\n")  # fmt: skip
+    wrapped = ImageReadError(
+        "Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 3, in f\n    raise ImageReadError(...)\n'
+        "structvpr.errors.ImageReadError: /data/a.jpg: truncated image\n"
+    )
     assert user_error_message(wrapped) == "/data/a.jpg: truncated image"
     assert user_error_message(ImageReadError("/data/b.jpg: empty file")) == "/data/b.jpg: empty file"
 
@@ -198,11 +259,24 @@ def test_an_rgb_model_tests_on_folders_without_label_maps(student_ckpt, teacher_
     root = tmp_path / "rgb-only"
     shutil.copytree(tiny_world, root)
     shutil.rmtree(root / "labels")
-    common = [f"--data.init_args.root={root}", "--data.init_args.synthetic_preset=null", "--trainer.logger=false",
-              f"--trainer.default_root_dir={tmp_path / 'out'}", *TINY]  # fmt: skip
+    common = [
+        f"--data.init_args.root={root}",
+        "--data.init_args.synthetic_preset=null",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path / 'out'}",
+        *TINY,
+    ]
     cfg = str(repo_root / "lightning_configs/synthetic/baseline.yaml")
     test = cli_main(["test", "--config", cfg, "--ckpt_path", student_ckpt, *common])
     assert test.model.test_results["num_queries"] > 0
     with pytest.raises(LabelMapError):  # the teacher reads label maps: still required
-        cli_main(["test", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"), "--ckpt_path",
-                  teacher_ckpt, *common])  # fmt: skip
+        cli_main(
+            [
+                "test",
+                "--config",
+                str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
+                "--ckpt_path",
+                teacher_ckpt,
+                *common,
+            ]
+        )

@@ -69,16 +69,28 @@ def test_extension_pools_an_earlier_report_with_new_worlds(tmp_path):
     paired over the worlds where both rows finished, with the known mean differences."""
     import json
 
-    chosen = {"lambda0": {"distill_weight": 0.0, "tau": 5, "alpha": 1.0},
-              "uniform": {"distill_weight": 10.0, "tau": 5, "alpha": 1.0},
-              "self_distill": {"distill_weight": 10.0, "tau": 5, "alpha": 1.0}}  # fmt: skip
+    chosen = {
+        "lambda0": {"distill_weight": 0.0, "tau": 5, "alpha": 1.0},
+        "uniform": {"distill_weight": 10.0, "tau": 5, "alpha": 1.0},
+        "self_distill": {"distill_weight": 10.0, "tau": 5, "alpha": 1.0},
+    }
     work = tmp_path / "work"
     work.mkdir()
     (work / "chosen.json").write_text(json.dumps({"tune_seed": 100, "confirm_seed": 101, "chosen": chosen}))
     previous = tmp_path / "previous.json"
-    previous.write_text(json.dumps({"design": {"complete_worlds": [0, 1]}, "test_per_world": {
-        "lambda0": {"0": 40.0, "1": 50.0}, "uniform": {"0": 44.0, "1": 52.0}, "self_distill": {"0": 41.0, "1": 50.0},
-        "baseline_full": {"0": 39.0, "1": 48.0}}}))  # fmt: skip
+    previous.write_text(
+        json.dumps(
+            {
+                "design": {"complete_worlds": [0, 1]},
+                "test_per_world": {
+                    "lambda0": {"0": 40.0, "1": 50.0},
+                    "uniform": {"0": 44.0, "1": 52.0},
+                    "self_distill": {"0": 41.0, "1": 50.0},
+                    "baseline_full": {"0": 39.0, "1": 48.0},
+                },
+            }
+        )
+    )
     for seed, (lam0, uni, scratch) in {5: (45.0, 51.0, 50.0), 6: (42.0, 44.0, None)}.items():
         world = work / f"world{seed}"
         _result(world / "lambda0" / "lam0_tau5_alpha1", lam0)
@@ -105,8 +117,13 @@ def test_the_whole_experiment_runs_on_the_tiny_preset(tmp_path, repo_root):
     import json
 
     env = {**os.environ, "PYTHON": sys.executable}
-    subprocess.run(["bash", "benchmarks/run_evidence.sh", "--smoke", "--work", str(tmp_path / "work"), "--out",
-                    str(tmp_path / "report")], cwd=repo_root, env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["bash", "benchmarks/run_evidence.sh", "--smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "report")],
+        cwd=repo_root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     out = json.loads((tmp_path / "report.json").read_text())
     assert out["design"]["complete_worlds"] == [0]
     assert set(out["test"]) == set(report.ROWS)

@@ -12,14 +12,23 @@ from structvpr.tasks import StructVPRStudent
 
 @pytest.fixture(scope="module")
 def student(trained, tmp_path_factory):
-    return str(StructVPRStudent.load_from_checkpoint(trained["baseline"]).export_student(
-        tmp_path_factory.mktemp("examples") / "student.ckpt"))
+    return str(
+        StructVPRStudent.load_from_checkpoint(trained["baseline"]).export_student(
+            tmp_path_factory.mktemp("examples") / "student.ckpt"
+        )
+    )
 
 
 def _run(repo_root, script, *args, cwd=None):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(repo_root)}
-    proc = subprocess.run([sys.executable, str(repo_root / "examples" / script), *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=cwd or repo_root, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "examples" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or repo_root,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -31,8 +40,21 @@ def test_every_example_has_a_test(repo_root):
 
 
 def test_encode_and_search(repo_root, tiny_world, student):
-    out = _run(repo_root, "encode_and_search.py", "--ckpt", student, "--database", tiny_world / "images/test/database",
-               "--queries", tiny_world / "images/test/queries", "--image-size", 32, 64, "--top-k", 3)  # fmt: skip
+    out = _run(
+        repo_root,
+        "encode_and_search.py",
+        "--ckpt",
+        student,
+        "--database",
+        tiny_world / "images/test/database",
+        "--queries",
+        tiny_world / "images/test/queries",
+        "--image-size",
+        32,
+        64,
+        "--top-k",
+        3,
+    )
     lines = out.strip().splitlines()
     assert len(lines) == 12 and all(line.count(".png (") == 3 for line in lines)  # 12 queries, top 3 each
 
@@ -49,7 +71,20 @@ def test_custom_aggregator_from_a_config(repo_root, tiny_world, tmp_path):
 
 
 def test_finetune_on_folders(repo_root, tiny_world, student, tmp_path):
-    out = _run(repo_root, "finetune_on_folders.py", "--ckpt", student, "--root", tiny_world, "--image-size", 32, 64,
-               "--epochs", 1, "--out", tmp_path)  # fmt: skip
+    out = _run(
+        repo_root,
+        "finetune_on_folders.py",
+        "--ckpt",
+        student,
+        "--root",
+        tiny_world,
+        "--image-size",
+        32,
+        64,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path,
+    )
     assert "exported" in out and (tmp_path / "student.ckpt").is_file()
     StructVPRStudent.load_from_checkpoint(tmp_path / "student.ckpt")

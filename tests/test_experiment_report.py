@@ -29,10 +29,16 @@ def test_paired_difference_counts_wins_and_gives_the_sign_test():
 
 def test_partition_record_scores_the_noisy_group_against_the_manifest():
     names = ["db0", "db1", "q0", "q1", "q2", "q3"]
-    truth = {"q0": {"corrupted": True}, "q1": {"corrupted": True}, "q2": {"corrupted": False},
-             "q3": {"corrupted": True}}  # fmt: skip
-    history = [{"subepoch": 0, "image_ids": np.array([2, 3, 4, 5]), "teacher_ranks": np.array([9, 1, 7, 1]),
-                "student_ranks": np.array([1, 3, 1, 1]), "weights": np.array([0.0, 1.2, 0.0, 0.8])}]  # fmt: skip
+    truth = {"q0": {"corrupted": True}, "q1": {"corrupted": True}, "q2": {"corrupted": False}, "q3": {"corrupted": True}}
+    history = [
+        {
+            "subepoch": 0,
+            "image_ids": np.array([2, 3, 4, 5]),
+            "teacher_ranks": np.array([9, 1, 7, 1]),
+            "student_ranks": np.array([1, 3, 1, 1]),
+            "weights": np.array([0.0, 1.2, 0.0, 0.8]),
+        }
+    ]
     out = experiment.partition_record(history, names, truth, tau=5)
     epoch = out["epochs"][0]
     # noisy: q0 (corrupted) and q2 (clean); corrupted: q0, q1, q3
@@ -45,13 +51,21 @@ def test_partition_record_scores_the_noisy_group_against_the_manifest():
 def test_group_gains_pool_training_query_hits_by_group_and_condition(tmp_path):
     world = tmp_path / "noise0.3_seed0" / "world"
     world.mkdir(parents=True)
-    images = [{"split": "train", "role": "queries", "path": f"images/train/queries/q{i}.png",
-               "condition": {"illumination": ill, "fog": fog}}
-              for i, (ill, fog) in enumerate([("night", 0.0), ("night", 0.0), ("day", 0.4)])]  # fmt: skip
+    images = [
+        {
+            "split": "train",
+            "role": "queries",
+            "path": f"images/train/queries/q{i}.png",
+            "condition": {"illumination": ill, "fog": fog},
+        }
+        for i, (ill, fog) in enumerate([("night", 0.0), ("night", 0.0), ("day", 0.4)])
+    ]
     (world / "manifest.json").write_text(json.dumps({"images": images}))
     baseline = {"train_ranks": {"q0.png": 4, "q1.png": 1, "q2.png": 2}}
-    student = {"train_ranks": {"q0.png": 1, "q1.png": 1, "q2.png": 1},
-               "partition": {"first_groups": {"q0.png": 1, "q1.png": 1, "q2.png": 2}}}  # fmt: skip
+    student = {
+        "train_ranks": {"q0.png": 1, "q1.png": 1, "q2.png": 1},
+        "partition": {"first_groups": {"q0.png": 1, "q1.png": 1, "q2.png": 2}},
+    }
     out = report.group_gains([(baseline, student)], tmp_path, 0.3, [0])
     assert out["teachable"]["night"] == {"n": 2, "baseline": 50.0, "student": 100.0, "gain": 50.0}
     assert out["consistent"]["fog"] == {"n": 1, "baseline": 0.0, "student": 100.0, "gain": 100.0}
@@ -63,5 +77,4 @@ def test_grid_moves_one_factor_at_a_time_around_the_centre():
     assert settings[0] == experiment.CENTRE
     assert len(settings) == 1 + 3 + 2 + 2  # lambda, tau, alpha: the centre value counted once
     assert all(sum(s[k] != experiment.CENTRE[k] for k in s) <= 1 for s in settings)
-    assert experiment.grid_settings("uniform") == [{**experiment.CENTRE, "distill_weight": v}
-                                                   for v in (30.0, 3.0, 10.0, 100.0)]  # fmt: skip
+    assert experiment.grid_settings("uniform") == [{**experiment.CENTRE, "distill_weight": v} for v in (30.0, 3.0, 10.0, 100.0)]

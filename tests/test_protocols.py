@@ -75,8 +75,10 @@ class ThirdPartyTask(pl.LightningModule):
         super().__init__()
         self.student, self.teacher = PlaceEncoder(3), PlaceEncoder(5).requires_grad_(False)
         self.register_buffer("sample_weights", torch.ones(num_queries))
-        self.banks = {"student": ThirdPartyBank(self, self.student, "image"),
-                      "teacher": ThirdPartyBank(self, self.teacher, "label")}
+        self.banks = {
+            "student": ThirdPartyBank(self, self.student, "image"),
+            "teacher": ThirdPartyBank(self, self.teacher, "label"),
+        }
         self.hparams["search_backend"] = "torch"
 
     def set_sample_weights(self, indices, weights):
@@ -100,9 +102,16 @@ def test_third_party_datamodule_and_task_run_mining_and_weighting(tiny_world, tm
     assert isinstance(data, TrainingData) and isinstance(task, DistillationTask)
     assert all(isinstance(b, Bank) for b in task.banks.values())
     mining, weighting = HardNegativeMining(), SampleWeighting(ranks="subepoch")
-    trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                         callbacks=[mining, weighting])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[mining, weighting],
+    )
     trainer.fit(task, datamodule=data)
     assert mining.refreshes == 2 and data.tuples.subepoch == 1 and data.tuples.mined
     assert weighting.subepoch == 1 and (task.sample_weights != 1).any()

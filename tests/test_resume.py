@@ -6,14 +6,28 @@ import torch
 from structvpr.cli import CheckpointMismatchError, cli_main
 from structvpr.tasks import StructVPRStudent
 
-TINY = ["--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-        "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-        "--trainer.logger=false"]  # fmt: skip
+TINY = [
+    "--data.init_args.image_size=[32, 64]",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=4",
+    "--trainer.limit_train_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.logger=false",
+]
 
 
 def _fit(repo_root, tiny_world, out, *extra):
-    return cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
-                     f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={out}", *TINY, *extra])
+    return cli_main(
+        [
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
+            f"--data.init_args.root={tiny_world}",
+            f"--trainer.default_root_dir={out}",
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def test_last_checkpoint_is_the_last_epoch_and_resumes_with_best_tracking(repo_root, tiny_world, tmp_path):
@@ -46,12 +60,26 @@ def test_ckpt_path_last_with_a_dangling_link_fails_and_writes_no_second_link(rep
 
 
 def test_a_checkpoint_of_another_class_or_architecture_is_refused(repo_root, tiny_world, tmp_path):
-    teacher = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
-                        f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path / 't'}",
-                        "--trainer.max_epochs=1", *TINY])  # fmt: skip
+    teacher = cli_main(
+        [
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
+            f"--data.init_args.root={tiny_world}",
+            f"--trainer.default_root_dir={tmp_path / 't'}",
+            "--trainer.max_epochs=1",
+            *TINY,
+        ]
+    )
     teacher_ckpt = teacher.trainer.checkpoint_callback.best_model_path
-    baseline = ["test", "--config", str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
-                f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path / 'b'}", *TINY]
+    baseline = [
+        "test",
+        "--config",
+        str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
+        f"--data.init_args.root={tiny_world}",
+        f"--trainer.default_root_dir={tmp_path / 'b'}",
+        *TINY,
+    ]
     with pytest.raises(CheckpointMismatchError, match=r"holds a SegTeacher but the config builds a StructVPRStudent"):
         cli_main([*baseline, "--ckpt_path", teacher_ckpt])
     netvlad = StructVPRStudent(aggregator="netvlad", num_clusters=4).export_student(tmp_path / "netvlad.ckpt")
@@ -61,9 +89,16 @@ def test_a_checkpoint_of_another_class_or_architecture_is_refused(repo_root, tin
 
 def test_two_runs_of_one_config_keep_both_results(repo_root, tiny_world, tmp_path):
     student = StructVPRStudent().export_student(tmp_path / "student.ckpt")
-    args = ["test", "--config", str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
-            f"--data.init_args.root={tiny_world}", f"--trainer.default_root_dir={tmp_path}", *TINY,
-            "--ckpt_path", str(student)]  # fmt: skip
+    args = [
+        "test",
+        "--config",
+        str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
+        f"--data.init_args.root={tiny_world}",
+        f"--trainer.default_root_dir={tmp_path}",
+        *TINY,
+        "--ckpt_path",
+        str(student),
+    ]
     cli_main(args)
     cli_main([*args, "--seed_everything=1"])
     for n in (0, 1):
@@ -87,21 +122,42 @@ def test_kill_9_mid_epoch_then_resume_equals_the_uninterrupted_run(stage, traine
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
-    base = [sys.executable, "-m", "structvpr", "fit", "--config", str(repo_root / f"lightning_configs/synthetic/{stage}.yaml"),
-            f"--data.init_args.root={tiny_world}", "--data.init_args.image_size=[32, 64]",
-            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--trainer.max_epochs=3",
-            "--trainer.logger=false", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "structvpr",
+        "fit",
+        "--config",
+        str(repo_root / f"lightning_configs/synthetic/{stage}.yaml"),
+        f"--data.init_args.root={tiny_world}",
+        "--data.init_args.image_size=[32, 64]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        "--trainer.max_epochs=3",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+    ]
     if stage == "distill":
         base += [f"--model.init_args.teacher_ckpt={trained['teacher']}", f"--model.init_args.student_ckpt={trained['baseline']}"]
 
     def run(folder, *extra):
-        return subprocess.run([*base, f"--trainer.default_root_dir={folder}", *extra], capture_output=True, text=True,
-                              env=env, cwd=repo_root, timeout=600)  # fmt: skip
+        return subprocess.run(
+            [*base, f"--trainer.default_root_dir={folder}", *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=repo_root,
+            timeout=600,
+        )
 
     whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = run(tmp_path / "killed", "--trainer.callbacks+=tests.tasks.helpers.KillAt", "--trainer.callbacks.epoch=1",
-                 "--trainer.callbacks.batch=2")  # fmt: skip
+    killed = run(
+        tmp_path / "killed",
+        "--trainer.callbacks+=tests.tasks.helpers.KillAt",
+        "--trainer.callbacks.epoch=1",
+        "--trainer.callbacks.batch=2",
+    )
     assert killed.returncode == -9  # killed mid-epoch 1: last.ckpt holds the end of epoch 0
     resumed = run(tmp_path / "killed", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -113,7 +169,13 @@ def test_kill_9_mid_epoch_then_resume_equals_the_uninterrupted_run(stage, traine
     recalls = []
     for folder in ("whole", "killed"):
         args = base[4:]  # the config and data arguments, after "fit"
-        cli = cli_main(["validate", *args, f"--trainer.default_root_dir={tmp_path / folder / 'val'}",
-                        f"--ckpt_path={tmp_path / folder / 'checkpoints' / 'last.ckpt'}"])  # fmt: skip
+        cli = cli_main(
+            [
+                "validate",
+                *args,
+                f"--trainer.default_root_dir={tmp_path / folder / 'val'}",
+                f"--ckpt_path={tmp_path / folder / 'checkpoints' / 'last.ckpt'}",
+            ]
+        )
         recalls.append(float(cli.trainer.callback_metrics["val/R@1"]))
     assert recalls[0] == recalls[1]

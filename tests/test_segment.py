@@ -31,8 +31,7 @@ def test_segment_writes_resumes_and_reports_unreadable(tmp_path, weights, capsys
     root = tmp_path / "ds"
     _images(root)
     (root / "images/test/database/broken.jpg").write_bytes(b"not an image")
-    args = ["--root", str(root), "--model", "torchvision:lraspp_mobilenet_v3_large", "--weights", weights,
-            "--device", "cpu"]
+    args = ["--root", str(root), "--model", "torchvision:lraspp_mobilenet_v3_large", "--weights", weights, "--device", "cpu"]
     # every readable image gets its map, and the command fails naming the unreadable one
     with pytest.raises(ImageReadError, match=r"1 image\(s\) could not be read.*\n  .*broken.jpg: cannot decode"):
         segment_main(args)
@@ -108,8 +107,13 @@ def test_segformer_checkpoint_from_a_local_folder(tmp_path):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     torch.manual_seed(0)
-    config = SegformerConfig(num_labels=150, hidden_sizes=[8, 16, 16, 16], decoder_hidden_size=16,
-                             depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1])  # fmt: skip
+    config = SegformerConfig(
+        num_labels=150,
+        hidden_sizes=[8, 16, 16, 16],
+        decoder_hidden_size=16,
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+    )
     folder = tmp_path / "segformer-ade"
     SegformerForSemanticSegmentation(config).save_pretrained(folder)
     root = tmp_path / "ds"
@@ -126,7 +130,8 @@ def test_segformer_checkpoint_from_a_local_folder(tmp_path):
     model = SegformerSegmenter(str(folder)).eval()
     rgb = np.array(Image.open(root / "images/test/database/img1.jpg").convert("RGB"))
     x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(
-        IMAGENET_STD)[:, None, None]  # fmt: skip
+        IMAGENET_STD
+    )[:, None, None]
     with torch.no_grad():
         logits = torch.nn.functional.interpolate(model(x[None]), size=(64, 96), mode="bilinear", align_corners=False)
     assert (taxonomy_table("ade20k", 150)[logits.argmax(1)[0].numpy()] == ids).all()
@@ -141,8 +146,7 @@ def test_native_layout_maps_land_where_the_readers_look(tmp_path, weights):
 
     _write_pitts(tmp_path, mat_name="pitts30k_train.mat")  # 000/..., queries_real/000/..., datasets/*.mat
     (tmp_path / "000/unlisted.jpg").write_bytes((tmp_path / "000/000000_pitch1_yaw1.jpg").read_bytes())
-    base = ["--root", str(tmp_path), "--model", "torchvision:lraspp_mobilenet_v3_large", "--weights", weights,
-            "--device", "cpu"]
+    base = ["--root", str(tmp_path), "--model", "torchvision:lraspp_mobilenet_v3_large", "--weights", weights, "--device", "cpu"]
     report = segment_main([*base, "--split", "pitts30k_train"])
     assert len(report["written"]) == 3  # the split's 2 database images and 1 query, not unlisted.jpg
     manifest = load_benchmark("pitts30k_train", tmp_path)

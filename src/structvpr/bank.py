@@ -29,8 +29,14 @@ def _device(encoder: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def encode_loader(encoder: Any, loader: Iterable[dict[str, Any]], key: str = "image", dtype: torch.dtype = torch.float32,
-                  out: torch.Tensor | None = None, rows: int | None = None) -> torch.Tensor:  # fmt: skip
+def encode_loader(
+    encoder: Any,
+    loader: Iterable[dict[str, Any]],
+    key: str = "image",
+    dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+    rows: int | None = None,
+) -> torch.Tensor:
     """Pre-PCA descriptors ``(N, D)`` (``encoder.pooled``) of every item of a loader, in eval mode.
 
     Batches stream into one preallocated array on the encoder's device (``dtype``: float16 halves
@@ -154,10 +160,14 @@ class DescriptorBank:
         total = len(known) + len(missing)
         memmap = self.memmap_dir is not None
         if not memmap:
-            check_memory(total * self.dim * self.dtype.itemsize, _device(self.encoder), self._trainer,
-                         f"{self.name} descriptors of {total:,} training images x {self.dim} dimensions",
-                         "lower data.init_args.cache_queries (queries per sub-epoch) or "
-                         "HardNegativeMining(cache_negatives), or set HardNegativeMining(descriptor_memmap_dir)")  # fmt: skip
+            check_memory(
+                total * self.dim * self.dtype.itemsize,
+                _device(self.encoder),
+                self._trainer,
+                f"{self.name} descriptors of {total:,} training images x {self.dim} dimensions",
+                "lower data.init_args.cache_queries (queries per sub-epoch) or "
+                "HardNegativeMining(cache_negatives), or set HardNegativeMining(descriptor_memmap_dir)",
+            )
         fresh = self._encode(missing, self.encoder, self.dtype, memmap)
         ids_all = np.concatenate([known, missing])
         order = np.argsort(ids_all, kind="stable")

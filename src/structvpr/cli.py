@@ -17,8 +17,17 @@ from structvpr.lightning_cli import (
 )
 
 # The LightningCLI lives in structvpr.lightning_cli (the demo pipeline uses it without this module).
-__all__ = ["CheckpointMismatchError", "apply_checkpoint_input_size", "check_checkpoint_matches", "checkpoint_input_size",
-           "cli_main", "config_error_message", "main", "splits_main", "synth_main"]
+__all__ = [
+    "CheckpointMismatchError",
+    "apply_checkpoint_input_size",
+    "check_checkpoint_matches",
+    "checkpoint_input_size",
+    "cli_main",
+    "config_error_message",
+    "main",
+    "splits_main",
+    "synth_main",
+]
 
 EXTRA_COMMANDS = """structvpr also has:
   synth   generate the synthetic place world   (structvpr synth --help)
@@ -33,12 +42,18 @@ def config_error_message(err: BaseException, args: Sequence[str]) -> str:
     """A short message for a bad config key or value, naming the config files given."""
     configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
     configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    lines = [line for line in str(err).splitlines()
-             if "NoneType" not in line and not line.strip().startswith(("Given value", "Subtypes:"))]  # fmt: skip
+    lines = [
+        line
+        for line in str(err).splitlines()
+        if "NoneType" not in line and not line.strip().startswith(("Given value", "Subtypes:"))
+    ]
     where = ", ".join(configs) if configs else "the command line"
     sub = next((a for a in args if a in SUBCOMMANDS), "")
-    return (f"structvpr {sub}: bad configuration in {where} (or its command-line overrides):\n"
-            + "\n".join(lines) + f"\n(`structvpr {sub} --help` lists every option)")  # fmt: skip
+    return (
+        f"structvpr {sub}: bad configuration in {where} (or its command-line overrides):\n"
+        + "\n".join(lines)
+        + f"\n(`structvpr {sub} --help` lists every option)"
+    )
 
 
 def synth_main(args: Sequence[str]) -> None:
@@ -64,10 +79,11 @@ def splits_main(args: Sequence[str]) -> str:
 
     argparse.ArgumentParser(prog="structvpr splits", description="List the named dataset splits.").parse_args(list(args))
     lines = []
-    for kind, table, arg in (("test", BENCHMARKS, "test_benchmark"),
-                             ("validation", {k: v for k, v in VALIDATION_SPLITS.items() if k not in BENCHMARKS},
-                              "val_benchmark"),
-                             ("training", TRAINING_SPLITS, "train_benchmark")):  # fmt: skip
+    for kind, table, arg in (
+        ("test", BENCHMARKS, "test_benchmark"),
+        ("validation", {k: v for k, v in VALIDATION_SPLITS.items() if k not in BENCHMARKS}, "val_benchmark"),
+        ("training", TRAINING_SPLITS, "train_benchmark"),
+    ):
         lines.append(f"{kind} splits (data.init_args.{arg}):")
         for name, reader in table.items():
             options = [f"{p.name}={p.default!r}" for p in inspect.signature(reader).parameters.values() if p.name != "root"]
@@ -94,8 +110,9 @@ def main(args: Sequence[str] | None = None) -> None:
         if debug:
             raise
         sub = argv[0] if argv and not argv[0].startswith("-") else ""
-        sys.stderr.write(f"structvpr {sub}: error: {user_error_message(err)}\n"
-                         f"(run again with --debug, or {DEBUG_ENV}=1, for the traceback)\n")  # fmt: skip
+        sys.stderr.write(
+            f"structvpr {sub}: error: {user_error_message(err)}\n(run again with --debug, or {DEBUG_ENV}=1, for the traceback)\n"
+        )
         raise SystemExit(1) from None
 
 

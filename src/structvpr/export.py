@@ -43,8 +43,9 @@ class DescriptorNet(nn.Module):
         return out
 
 
-def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Sequence[int] | None = None,
-           opset: int = 18) -> Path:  # fmt: skip
+def export(
+    ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Sequence[int] | None = None, opset: int = 18
+) -> Path:
     """Write a student checkpoint as ONNX (``fmt="onnx"``) or TorchScript (``"torchscript"``).
 
     The file takes a dynamic batch of ``(B, 3, H, W)`` ImageNet-normalised RGB and returns
@@ -68,8 +69,11 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Seq
     trained = spec.get("image_size")
     size = list(image_size) if image_size is not None else trained
     if image_size is not None and trained is not None and [int(v) for v in image_size] != [int(v) for v in trained]:
-        warnings.warn(f"{ckpt} was trained on {trained[0]}x{trained[1]} images; exporting with an example input of "
-                      f"{image_size[0]}x{image_size[1]} as asked (the file records that size)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{ckpt} was trained on {trained[0]}x{trained[1]} images; exporting with an example input of "
+            f"{image_size[0]}x{image_size[1]} as asked (the file records that size)",
+            stacklevel=2,
+        )
     if size is None:
         raise ValueError(f"{ckpt}: records no input size; give image_size (H, W)")
     spec["image_size"] = [int(v) for v in size]
@@ -83,9 +87,15 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "onnx", image_size: Seq
         else:
             import onnx
 
-            program = torch.onnx.export(net, (example,), input_names=["images"], output_names=["descriptors"],
-                                        dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, opset_version=opset,
-                                        dynamo=True)  # fmt: skip
+            program = torch.onnx.export(
+                net,
+                (example,),
+                input_names=["images"],
+                output_names=["descriptors"],
+                dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                opset_version=opset,
+                dynamo=True,
+            )
             assert program is not None
             model = program.model_proto
             entry = model.metadata_props.add()

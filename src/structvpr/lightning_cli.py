@@ -41,8 +41,11 @@ def check_checkpoint_matches(ckpt_path: str | Path, model_config: Any) -> None:
             f"{config_class.rsplit('.', 1)[-1]}: use the config it was trained with (or a checkpoint of that class)"
         )
     init = _plain(config.get("init_args")) or {}
-    diffs = [f"{k}={saved[k]!r} in the checkpoint, {init[k]!r} in the config" for k in ARCHITECTURE_KEYS
-             if k in saved and k in init and _plain(saved[k]) != _plain(init[k])]  # fmt: skip
+    diffs = [
+        f"{k}={saved[k]!r} in the checkpoint, {init[k]!r} in the config"
+        for k in ARCHITECTURE_KEYS
+        if k in saved and k in init and _plain(saved[k]) != _plain(init[k])
+    ]
     if diffs:
         raise CheckpointMismatchError(f"{ckpt_path} does not fit the config's model: {'; '.join(diffs)}")
 
@@ -66,8 +69,10 @@ def checkpoint_input_size(ckpt_path: str | Path) -> list[int] | None:
     for name, expected in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         found = spec.get(name)
         if found is not None and [round(float(v), 4) for v in found] != [round(float(v), 4) for v in expected]:
-            raise CheckpointMismatchError(f"{ckpt_path} was trained with normalisation {name} {list(found)}, but "
-                                          f"structvpr's data sources normalise with {list(expected)}")  # fmt: skip
+            raise CheckpointMismatchError(
+                f"{ckpt_path} was trained with normalisation {name} {list(found)}, but "
+                f"structvpr's data sources normalise with {list(expected)}"
+            )
     size = spec.get("image_size")
     return [int(v) for v in size] if size else None
 
@@ -89,13 +94,17 @@ def apply_checkpoint_input_size(config: Any, args: Sequence[str]) -> str | None:
         return None
     shown = f"{trained[0]}x{trained[1]}", f"{int(current[0])}x{int(current[1])}"
     if any(a == opt or a.startswith(opt + "=") for a in args for opt in SIZE_OPTIONS):
-        message = (f"{ckpt_path} was trained on {shown[0]} images, but --data.init_args.image_size asks for "
-                   f"{shown[1]}: recall at a size the model never saw is usually far lower")  # fmt: skip
+        message = (
+            f"{ckpt_path} was trained on {shown[0]} images, but --data.init_args.image_size asks for "
+            f"{shown[1]}: recall at a size the model never saw is usually far lower"
+        )
         warnings.warn(message, stacklevel=2)
         return message
     config[key] = trained
-    message = (f"{ckpt_path} was trained on {shown[0]} images: using that size instead of the configured "
-               f"{shown[1]} (set --data.init_args.image_size on the command line to force another)")  # fmt: skip
+    message = (
+        f"{ckpt_path} was trained on {shown[0]} images: using that size instead of the configured "
+        f"{shown[1]} (set --data.init_args.image_size on the command line to force another)"
+    )
     print(message, file=sys.stderr)
     return message
 
@@ -113,8 +122,9 @@ def _cli_class() -> Any:
                 return
             folder = run_folder(trainer)
             if trainer.is_global_zero:
-                self.parser.save(self.config, str(folder / self.config_filename), skip_none=False, overwrite=True,
-                                 multifile=self.multifile)  # fmt: skip
+                self.parser.save(
+                    self.config, str(folder / self.config_filename), skip_none=False, overwrite=True, multifile=self.multifile
+                )
                 self.already_saved = True
             self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
@@ -145,8 +155,10 @@ def _cli_class() -> Any:
             if ckpt_path and Path(ckpt_path).is_file():
                 check_checkpoint_matches(ckpt_path, self.config[sub].get("model"))
             elif ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-                raise MissingCheckpointError(f"--ckpt_path {ckpt_path}: no such file (give a checkpoint file, or "
-                                             f"`last` to resume this config's latest run)")  # fmt: skip
+                raise MissingCheckpointError(
+                    f"--ckpt_path {ckpt_path}: no such file (give a checkpoint file, or "
+                    f"`last` to resume this config's latest run)"
+                )
             super()._parse_ckpt_path()
 
         def _stable_checkpoint_dirs(self) -> Path:
@@ -167,12 +179,16 @@ def _cli_class() -> Any:
             # from scratch, and write a second dangling link beside it.
             dangling = [p for p in found if p.is_symlink() and not p.exists()]
             if dangling:
-                raise MissingCheckpointError(f"--ckpt_path last: {dangling[0]} points at {os.readlink(dangling[0])}, which "
-                                        f"does not exist; give a checkpoint file of {folder} instead, or delete "
-                                        f"the link to start afresh")  # fmt: skip
+                raise MissingCheckpointError(
+                    f"--ckpt_path last: {dangling[0]} points at {os.readlink(dangling[0])}, which "
+                    f"does not exist; give a checkpoint file of {folder} instead, or delete "
+                    f"the link to start afresh"
+                )
             if not found:
-                raise MissingCheckpointError(f"--ckpt_path last: no last*.ckpt in {folder}, the checkpoint folder of "
-                                        "this config's runs; give a checkpoint file instead")  # fmt: skip
+                raise MissingCheckpointError(
+                    f"--ckpt_path last: no last*.ckpt in {folder}, the checkpoint folder of "
+                    "this config's runs; give a checkpoint file instead"
+                )
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
             kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -194,12 +210,17 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> Any:
     cli = _cli_class()
     try:
         return cli(
-            VPRTask, VPRDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            seed_everything_default=0, save_config_callback=cli.save_config_class,
+            VPRTask,
+            VPRDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_callback=cli.save_config_class,
             # errors raise (main() prints them short, naming the config) instead of a 45-line usage block
             parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in SUBCOMMANDS}},
-            args=list(args) if args is not None else None, run=run,
-        )  # fmt: skip
+            args=list(args) if args is not None else None,
+            run=run,
+        )
     except BaseException:
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
             sys.modules["wandb"].finish(exit_code=1)  # a failed fit closes its logger run

@@ -9,8 +9,9 @@ import torch
 REFERENCE_MARGIN = 0.1**0.5
 
 
-def triplet_margin_loss(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
-                        margin: float = REFERENCE_MARGIN) -> torch.Tensor:  # fmt: skip
+def triplet_margin_loss(
+    query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, margin: float = REFERENCE_MARGIN
+) -> torch.Tensor:
     """Triplet margin loss on L2 distances, summed over the negatives of each tuple.
 
     The references (NetVLAD, MSLS, VG benchmark) divide the sum by the number of negatives
@@ -32,8 +33,7 @@ def triplet_margin_loss(query: torch.Tensor, positive: torch.Tensor, negatives: 
     return (d_pos - d_neg + margin).clamp(min=0).sum(dim=1)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
-                      image_weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, image_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Squared L2 distance between student and (detached) teacher descriptors.
 
     Args:

@@ -33,8 +33,16 @@ def _run(args: list[str]) -> Any:
 
 def fit_stage(config: Path, out: Path, overrides: Sequence[str]) -> Any:
     """``structvpr fit`` of one config with its logs and checkpoints under ``out``."""
-    args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(out),
-            "--trainer.logger.init_args.save_dir", str(out), *overrides]  # fmt: skip
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        *overrides,
+    ]
     return _run(args)
 
 
@@ -49,14 +57,28 @@ def best_checkpoint(cli: Any) -> str:
 
 def test_stage(config: Path, ckpt: str, out: Path, overrides: Sequence[str]) -> dict[str, float]:
     """``structvpr test`` of a checkpoint; returns its Recall@N dict."""
-    args = ["test", "--config", str(config), "--ckpt_path", ckpt, "--trainer.default_root_dir", str(out),
-            "--trainer.logger.init_args.save_dir", str(out), *overrides]  # fmt: skip
+    args = [
+        "test",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        ckpt,
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        *overrides,
+    ]
     return dict(_run(args).model.test_results)
 
 
-def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir: str | Path = "runs/demo",
-                 data_overrides: Sequence[str] = (), distill_overrides: Sequence[str] = (),
-                 stages: Sequence[str] = ("teacher", "baseline", "control", "distill")) -> dict[str, Any]:  # fmt: skip
+def run_pipeline(
+    config_dir: str | Path = "lightning_configs/synthetic",
+    out_dir: str | Path = "runs/demo",
+    data_overrides: Sequence[str] = (),
+    distill_overrides: Sequence[str] = (),
+    stages: Sequence[str] = ("teacher", "baseline", "control", "distill"),
+) -> dict[str, Any]:
     """Train the teacher, the RGB baseline, its budget-matched control and the distilled student; test all four.
 
     The student starts from the baseline and trains ``distill.yaml``'s epochs more, so the table
@@ -89,8 +111,11 @@ def run_pipeline(config_dir: str | Path = "lightning_configs/synthetic", out_dir
         print(f"\n=== {stage}: training ===", flush=True)
         overrides = list(data_overrides)
         if stage in _FROM_BASELINE:
-            overrides += [f"--model.init_args.teacher_ckpt={ckpts['teacher']}",
-                          f"--model.init_args.student_ckpt={ckpts['baseline']}", *distill_overrides]  # fmt: skip
+            overrides += [
+                f"--model.init_args.teacher_ckpt={ckpts['teacher']}",
+                f"--model.init_args.student_ckpt={ckpts['baseline']}",
+                *distill_overrides,
+            ]
             if stage == "control":
                 overrides.append("--model.init_args.distill_weight=0")
         config = config_dir / f"{'distill' if stage in _FROM_BASELINE else stage}.yaml"

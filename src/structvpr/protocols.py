@@ -55,8 +55,9 @@ class TupleTable(Protocol):
 
     def random_negatives(self, i: int, rng: np.random.Generator) -> np.ndarray: ...
 
-    def set_tuples(self, k: int, queries: np.ndarray, positives: Any, negatives: Any, mined: bool = True,
-                   database: np.ndarray | None = None) -> None: ...  # fmt: skip
+    def set_tuples(
+        self, k: int, queries: np.ndarray, positives: Any, negatives: Any, mined: bool = True, database: np.ndarray | None = None
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -66,8 +67,9 @@ class TrainingData(Protocol):
     @property
     def training_tuples(self) -> TupleTable: ...
 
-    def train_images_dataloader(self, ids: Sequence[int] | np.ndarray | None = None,
-                                key: str = "image") -> Iterable[dict[str, Any]]: ...  # fmt: skip
+    def train_images_dataloader(
+        self, ids: Sequence[int] | np.ndarray | None = None, key: str = "image"
+    ) -> Iterable[dict[str, Any]]: ...
 
 
 @runtime_checkable

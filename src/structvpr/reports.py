@@ -31,7 +31,13 @@ def write_test_report(out: str | Path, model: str, result: dict[str, float], not
     out = Path(out)
     write_text_atomic(out / "test_results.json", json.dumps({"model": model, **result, "notes": list(notes)}, indent=2))
     # The table states the denominator; the notes say how positives were decided.
-    text = "\n".join([recall_table({model: result}), "", *[f"- {n}" for n in notes],
-                      "- queries without a positive are excluded from the denominator (column 'excluded')"])  # fmt: skip
+    text = "\n".join(
+        [
+            recall_table({model: result}),
+            "",
+            *[f"- {n}" for n in notes],
+            "- queries without a positive are excluded from the denominator (column 'excluded')",
+        ]
+    )
     write_text_atomic(out / "test_results.md", text + "\n")
     return text

@@ -28,10 +28,40 @@ from structvpr.utils.io import atomic_path
 
 #: ADE20K (150 classes, 0-based) to Cityscapes train ids; unlisted classes become ignore (255).
 ADE20K_TO_CITYSCAPES = {
-    0: 3, 1: 2, 2: 10, 3: 0, 4: 8, 6: 0, 9: 8, 11: 1, 12: 11, 13: 9, 16: 2, 17: 8, 20: 13, 25: 2, 29: 9,
-    32: 4, 38: 4, 43: 7, 46: 9, 48: 2, 52: 0, 61: 2, 68: 8, 72: 8, 80: 15, 83: 14, 87: 5, 90: 13, 93: 5,
-    102: 14, 116: 17, 127: 18, 136: 6,
-}  # fmt: skip
+    0: 3,
+    1: 2,
+    2: 10,
+    3: 0,
+    4: 8,
+    6: 0,
+    9: 8,
+    11: 1,
+    12: 11,
+    13: 9,
+    16: 2,
+    17: 8,
+    20: 13,
+    25: 2,
+    29: 9,
+    32: 4,
+    38: 4,
+    43: 7,
+    46: 9,
+    48: 2,
+    52: 0,
+    61: 2,
+    68: 8,
+    72: 8,
+    80: 15,
+    83: 14,
+    87: 5,
+    90: 13,
+    93: 5,
+    102: 14,
+    116: 17,
+    127: 18,
+    136: 6,
+}
 TAXONOMIES = ("cityscapes", "ade20k")
 
 
@@ -136,8 +166,14 @@ def dataset_images(root: str | Path, split: str | None = None, options: dict[str
 
 
 @torch.no_grad()
-def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, device: str = "cpu",
-                    progress: bool = True, images: Sequence[Path] | None = None) -> dict[str, list[str]]:  # fmt: skip
+def segment_dataset(
+    root: str | Path,
+    model: torch.nn.Module,
+    taxonomy: str,
+    device: str = "cpu",
+    progress: bool = True,
+    images: Sequence[Path] | None = None,
+) -> dict[str, list[str]]:
     """Write a label map for every image of the dataset that lacks one.
 
     Maps go where the datamodule looks for them (:func:`structvpr.data.vg.label_map_path`):
@@ -193,9 +229,11 @@ def segment_dataset(root: str | Path, model: torch.nn.Module, taxonomy: str, dev
         _write_png(table[logits.argmax(1)[0].cpu()].numpy(), target)
         report["written"].append(str(target))
     if progress:
-        print(f"segment: {len(report['written'])} written ({len(report['redone'])} of them redone: a map that did "
-              f"not decode or had another size), {len(report['skipped'])} already there, "
-              f"{len(report['cleaned'])} stale temporary files removed, {len(report['failed'])} unreadable")  # fmt: skip
+        print(
+            f"segment: {len(report['written'])} written ({len(report['redone'])} of them redone: a map that did "
+            f"not decode or had another size), {len(report['skipped'])} already there, "
+            f"{len(report['cleaned'])} stale temporary files removed, {len(report['failed'])} unreadable"
+        )
         for line in report["failed"]:
             print(f"  unreadable: {line}")
     return report
@@ -214,15 +252,21 @@ def segment_main(args: Sequence[str]) -> dict[str, list[str]]:
     """``structvpr segment``."""
     parser = argparse.ArgumentParser(prog="structvpr segment", description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="dataset root holding images/")
-    parser.add_argument("--model", required=True,
-                        help="torchvision:<builder> (e.g. torchvision:deeplabv3_resnet50) or segformer:<local folder>")
+    parser.add_argument(
+        "--model", required=True, help="torchvision:<builder> (e.g. torchvision:deeplabv3_resnet50) or segformer:<local folder>"
+    )
     parser.add_argument("--weights", default=None, help="local state-dict file for a torchvision model")
     parser.add_argument("--taxonomy", default="cityscapes", choices=TAXONOMIES)
     parser.add_argument("--num-classes", type=int, default=None, help="default: 19 (cityscapes) or 150 (ade20k)")
-    parser.add_argument("--split", default=None,
-                        help="a named split (pitts30k_train, msls_train, ...): segment exactly its images")
-    parser.add_argument("--split-options", default=None, type=json.loads,
-                        help='JSON keyword options of the split, e.g. \'{"cities": ["london"]}\'')
+    parser.add_argument(
+        "--split", default=None, help="a named split (pitts30k_train, msls_train, ...): segment exactly its images"
+    )
+    parser.add_argument(
+        "--split-options",
+        default=None,
+        type=json.loads,
+        help='JSON keyword options of the split, e.g. \'{"cities": ["london"]}\'',
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ns = parser.parse_args(list(args))
     kind, _, name = ns.model.partition(":")
@@ -236,6 +280,7 @@ def segment_main(args: Sequence[str]) -> dict[str, list[str]]:
     images = dataset_images(ns.root, ns.split, ns.split_options)
     report = segment_dataset(ns.root, model, ns.taxonomy, ns.device, images=images)
     if report["failed"]:  # every readable image has its map; the command still fails, naming the rest
-        raise ImageReadError(f"{len(report['failed'])} image(s) could not be read, so they have no label map:\n  "
-                             + "\n  ".join(report["failed"]))  # fmt: skip
+        raise ImageReadError(
+            f"{len(report['failed'])} image(s) could not be read, so they have no label map:\n  " + "\n  ".join(report["failed"])
+        )
     return report

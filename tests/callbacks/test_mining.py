@@ -12,8 +12,16 @@ from tests.tasks.helpers import _trainer
 def _dm43(root, **kw):
     from structvpr.data import VPRDataModule
 
-    return VPRDataModule(root=str(root), image_size=(48, 64), batch_size=2, eval_batch_size=16, num_negatives=3,
-                         synthetic_preset=None, with_labels=False, **kw)
+    return VPRDataModule(
+        root=str(root),
+        image_size=(48, 64),
+        batch_size=2,
+        eval_batch_size=16,
+        num_negatives=3,
+        synthetic_preset=None,
+        with_labels=False,
+        **kw,
+    )
 
 
 def test_mine_hardest_known_answer():
@@ -66,9 +74,17 @@ def test_every_tuple_trains_on_what_its_own_subepoch_mined(tiny43_world, tmp_pat
     # Workers start reading epoch 0's tuples before on_train_start: the table must be mined by then.
     probe = _Probe()
     dm = _dm43(tiny43_world, num_workers=2, cache_queries=8)
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                         default_root_dir=str(tmp_path), callbacks=[HardNegativeMining(cache_negatives=None), probe])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        callbacks=[HardNegativeMining(cache_negatives=None), probe],
+    )
     trainer.fit(StructVPRStudent(), datamodule=dm)
     assert probe.checked == [0, 1, 2]
     ds = dm.train_dataset
@@ -98,8 +114,9 @@ def test_mining_encodes_only_its_queries_positives_and_pool(tiny43_world, tmp_pa
 
     count, after = Count(), After()
     dm = _dm43(tiny43_world, cache_queries=5)
-    _trainer(tmp_path, callbacks=[count, HardNegativeMining(cache_negatives=6), after],
-             enable_checkpointing=False, limit_val_batches=0).fit(StructVPRStudent(), datamodule=dm)
+    _trainer(
+        tmp_path, callbacks=[count, HardNegativeMining(cache_negatives=6), after], enable_checkpointing=False, limit_val_batches=0
+    ).fit(StructVPRStudent(), datamodule=dm)
     assert after.encoded == after.expected < after.bank
     assert after.pool <= 6
 
@@ -114,8 +131,12 @@ def test_float16_descriptors_halve_the_sub_epoch_cache_and_mine_alike(tiny43_wor
                 tables[name] = trainer.datamodule.train_dataset.tuples.clone()
 
         pl.seed_everything(0)
-        _trainer(tmp_path, callbacks=[HardNegativeMining(descriptor_dtype=dtype), Keep()], enable_checkpointing=False,
-                 limit_val_batches=0).fit(StructVPRStudent(), datamodule=_dm43(tiny43_world))  # fmt: skip
+        _trainer(
+            tmp_path,
+            callbacks=[HardNegativeMining(descriptor_dtype=dtype), Keep()],
+            enable_checkpointing=False,
+            limit_val_batches=0,
+        ).fit(StructVPRStudent(), datamodule=_dm43(tiny43_world))
     assert dtypes == {"float32": torch.float32, "float16": torch.float16}
     same = (tables["float32"] == tables["float16"]).all(1).float().mean().item()
     assert same >= 0.9  # rounding may reorder a near-tie, not the mining
@@ -135,5 +156,6 @@ def test_memory_mapped_descriptors_mine_the_same_tuples(tiny43_world, tmp_path, 
         pl.seed_everything(0)
         miner = HardNegativeMining(cache_negatives=10, descriptor_memmap_dir=memmap)
         _trainer(tmp_path, callbacks=[miner, Keep()], enable_checkpointing=False, limit_val_batches=0).fit(
-            StructVPRStudent(), datamodule=_dm43(tiny43_world, cache_queries=6))
+            StructVPRStudent(), datamodule=_dm43(tiny43_world, cache_queries=6)
+        )
     assert made and torch.equal(tables[None], tables[str(tmp_path / "mm")])

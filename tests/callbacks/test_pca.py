@@ -38,5 +38,4 @@ def test_pca_callback_needs_a_model_with_pca_and_enough_images(tiny_world, tmp_p
     with pytest.raises(ValueError, match="needs a model with PCA-whitening: set model.init_args.pca_dim"):
         _trainer(tmp_path, callbacks=[FitPCAWhitening()]).fit(StructVPRStudent(), datamodule=_dm(tiny_world))
     with pytest.raises(ValueError, match=r"PCA-whitening to 8 dimensions needs more than 8 training database images; 5"):
-        _trainer(tmp_path, callbacks=[FitPCAWhitening(num_images=5)]).fit(StructVPRStudent(pca_dim=8),
-                                                                           datamodule=_dm(tiny_world))  # fmt: skip
+        _trainer(tmp_path, callbacks=[FitPCAWhitening(num_images=5)]).fit(StructVPRStudent(pca_dim=8), datamodule=_dm(tiny_world))

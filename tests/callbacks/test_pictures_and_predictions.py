@@ -11,8 +11,14 @@ from structvpr.tasks import StructVPRStudent
 
 
 def _trainer(tmp_path, callbacks):
-    return pl.Trainer(accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path), enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path)
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=pl.loggers.CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+    )
 
 
 def test_grid_colours_follow_correctness(tmp_path):
@@ -54,8 +60,13 @@ def test_predict_on_plain_folders_writes_msls_format(tiny_world, tmp_path):
         if i < 2:
             Image.open(p).save(q_dir / f"query_{i}.jpg")
     writer = PredictionWriter(output_dir=str(tmp_path / "out"), top_k=3)
-    dm = VPRDataModule(root=str(tmp_path / "unused"), image_size=(32, 64), predict_database=str(db_dir),
-                       predict_queries=str(q_dir), synthetic_preset=None)
+    dm = VPRDataModule(
+        root=str(tmp_path / "unused"),
+        image_size=(32, 64),
+        predict_database=str(db_dir),
+        predict_queries=str(q_dir),
+        synthetic_preset=None,
+    )
     model = StructVPRStudent()
     _trainer(tmp_path, [writer]).predict(model, datamodule=dm)
     rows = (tmp_path / "out/predictions.txt").read_text().splitlines()
@@ -73,8 +84,12 @@ def test_predict_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="give both predict_database and predict_queries"):
         VPRDataModule(root=str(tmp_path), predict_database=str(tmp_path))
     (tmp_path / "empty").mkdir()
-    dm = VPRDataModule(root=str(tmp_path), predict_database=str(tmp_path / "empty"),
-                       predict_queries=str(tmp_path / "missing"), synthetic_preset=None)
+    dm = VPRDataModule(
+        root=str(tmp_path),
+        predict_database=str(tmp_path / "empty"),
+        predict_queries=str(tmp_path / "missing"),
+        synthetic_preset=None,
+    )
     with pytest.raises(ValueError, match="empty: holds no .jpg"):
         dm.setup("predict")
 
@@ -88,10 +103,19 @@ def test_predict_through_a_benchmark_config_writes_predictions(tiny_world, tmp_p
         folders[role].mkdir()
         for i, p in enumerate(sorted((tiny_world / "images/test/database").iterdir())[:n]):
             Image.open(p).save(folders[role] / f"{role}_{i}.jpg")
-    cli_main(["predict", "--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"),
-              f"--data.init_args.predict_database={folders['db']}", f"--data.init_args.predict_queries={folders['q']}",
-              "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0",
-              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'out'}"])  # fmt: skip
+    cli_main(
+        [
+            "predict",
+            "--config",
+            str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"),
+            f"--data.init_args.predict_database={folders['db']}",
+            f"--data.init_args.predict_queries={folders['q']}",
+            "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'out'}",
+        ]
+    )
     rows = [r.split() for r in (tmp_path / "out/version_0/predictions.txt").read_text().splitlines()]
     assert [r[0] for r in rows] == ["q_0", "q_1"] and all(len(r) == 6 for r in rows)  # top 25 of a 5-image database
 
@@ -107,8 +131,11 @@ def _official_msls_recall(root, predictions, cities=("cph", "sf"), ks=(1, 5, 10,
         folder = root / "train_val" / city / role
         read = lambda name: list(csv.DictReader(open(folder / name)))  # noqa: E731
         post, raw, sub = read("postprocessed.csv"), read("raw.csv"), read("subtask_index.csv")
-        return {p["key"]: (float(p["easting"]), float(p["northing"])) for p, r, s in zip(post, raw, sub)
-                if s["all"] == "True" and r["pano"] != "True"}  # fmt: skip
+        return {
+            p["key"]: (float(p["easting"]), float(p["northing"]))
+            for p, r, s in zip(post, raw, sub)
+            if s["all"] == "True" and r["pano"] != "True"
+        }
 
     positives = {}
     for city in cities:
@@ -122,8 +149,7 @@ def _official_msls_recall(root, predictions, cities=("cph", "sf"), ks=(1, 5, 10,
     return {f"R@{k}": sum(h) / len(h) for k, h in hits.items()}, len(positives)
 
 
-def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(trained, tiny_world, tmp_path,
-                                                                               repo_root):  # fmt: skip
+def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(trained, tiny_world, tmp_path, repo_root):
     import shutil
 
     from structvpr.cli import cli_main
@@ -139,9 +165,16 @@ def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(tr
         Image.open(image.with_suffix(".png")).convert("RGB").save(image)
         image.with_suffix(".png").unlink()
     student = StructVPRStudent.load_from_checkpoint(trained["baseline"]).export_student(tmp_path / "student.ckpt")
-    common = ["--config", str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"), f"--data.init_args.root={root}",
-              "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0", "--ckpt_path", str(student),
-              "--trainer.enable_progress_bar=false"]  # fmt: skip
+    common = [
+        "--config",
+        str(repo_root / "lightning_configs/benchmarks/msls_val.yaml"),
+        f"--data.init_args.root={root}",
+        "--data.init_args.image_size=[32, 64]",
+        "--data.init_args.num_workers=0",
+        "--ckpt_path",
+        str(student),
+        "--trainer.enable_progress_bar=false",
+    ]
     cli_main(["predict", *common, f"--trainer.default_root_dir={tmp_path / 'pred'}"])
     official, count = _official_msls_recall(root, tmp_path / "pred/version_0/predictions.txt")
     test = cli_main(["test", *common, f"--trainer.default_root_dir={tmp_path / 'test'}"]).model.test_results
@@ -151,12 +184,23 @@ def test_predict_on_a_two_city_msls_split_matches_test_and_the_official_count(tr
     # Plain folders of both cities: one search over their union, panoramas dropped with a warning.
     folders = {role: [str(root / "train_val" / c / role / "images") for c in ("cph", "sf")] for role in ("database", "query")}
     with pytest.warns(UserWarning, match=r"images are panoramas in .*raw.csv: dropped, as the official evaluation does"):
-        cli_main(["predict", *common, f"--trainer.default_root_dir={tmp_path / 'folders'}",
-                  f"--data.init_args.predict_database=[{','.join(folders['database'])}]",
-                  f"--data.init_args.predict_queries=[{','.join(folders['query'])}]"])  # fmt: skip
+        cli_main(
+            [
+                "predict",
+                *common,
+                f"--trainer.default_root_dir={tmp_path / 'folders'}",
+                f"--data.init_args.predict_database=[{','.join(folders['database'])}]",
+                f"--data.init_args.predict_queries=[{','.join(folders['query'])}]",
+            ]
+        )
     lines = (tmp_path / "folders/version_0/predictions.txt").read_text().splitlines()
-    panoramas = {r["key"] for c in ("cph", "sf") for role in ("database", "query")
-                 for r in __import__("csv").DictReader(open(root / "train_val" / c / role / "raw.csv")) if r["pano"] == "True"}
+    panoramas = {
+        r["key"]
+        for c in ("cph", "sf")
+        for role in ("database", "query")
+        for r in __import__("csv").DictReader(open(root / "train_val" / c / role / "raw.csv"))
+        if r["pano"] == "True"
+    }
     keys = {k for line in lines for k in line.split()}
     assert keys and not keys & panoramas
     assert {line.split()[0].split("_")[0] for line in lines} == {"cph", "sf"}  # both cities' queries, one file

@@ -49,7 +49,6 @@ def test_mean_one_rescales_and_keeps_noisy_at_zero():
     assert mean_one(torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]
 
 
-
 def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world, tmp_path):
     import numpy as np
     import pytorch_lightning as pl
@@ -70,10 +69,8 @@ def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world
             out, sub = {}, {}
             for name, encoder, key in (("student", pl_module.encoder, "image"), ("teacher", pl_module.teacher, "label")):
                 desc = encode_loader(encoder, dm.train_images_dataloader(None, key), key)
-                out[name], _ = first_positive_rank(desc[q_ids], desc[:n_db], 100, query_utm=utm[q_ids],
-                                                   database_utm=utm[:n_db])  # fmt: skip
-                sub[name], _ = first_positive_rank(desc[q_ids], desc[subset], 100, query_utm=utm[q_ids],
-                                                   database_utm=utm[subset])  # fmt: skip
+                out[name], _ = first_positive_rank(desc[q_ids], desc[:n_db], 100, query_utm=utm[q_ids], database_utm=utm[:n_db])
+                sub[name], _ = first_positive_rank(desc[q_ids], desc[subset], 100, query_utm=utm[q_ids], database_utm=utm[subset])
             self.global_ranks, self.recomputed = out, sub
             self.sampled = {"student": weighting.student_ranks[queries], "teacher": weighting.teacher_ranks[queries]}
             self.database = len(ds.subepoch_database), n_db
@@ -81,8 +78,12 @@ def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world
     weighting, compare = SampleWeighting(ranks="subepoch"), Compare()
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     dm = _dm(tiny_world, cache_queries=12)
-    _trainer(tmp_path, callbacks=[HardNegativeMining(cache_negatives=4), weighting, compare],
-             enable_checkpointing=False, limit_val_batches=0).fit(model, datamodule=dm)  # fmt: skip
+    _trainer(
+        tmp_path,
+        callbacks=[HardNegativeMining(cache_negatives=4), weighting, compare],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    ).fit(model, datamodule=dm)
     sampled_db, full_db = compare.database
     assert sampled_db < full_db
     for name in ("student", "teacher"):
@@ -91,8 +92,10 @@ def test_subepoch_ranks_against_global_ranks_on_a_small_bank(trained, tiny_world
     groups_s = partition(compare.sampled["teacher"], compare.sampled["student"], 5)
     groups_g = partition(compare.global_ranks["teacher"], compare.global_ranks["student"], 5)
     agreement = (groups_s == groups_g).float().mean().item()
-    print(f"sub-epoch set {sampled_db} of {full_db} database images; group agreement {agreement:.2f}; "
-          f"noisy {int((groups_s == NOISY).sum())} sampled vs {int((groups_g == NOISY).sum())} global")
+    print(
+        f"sub-epoch set {sampled_db} of {full_db} database images; group agreement {agreement:.2f}; "
+        f"noisy {int((groups_s == NOISY).sum())} sampled vs {int((groups_g == NOISY).sum())} global"
+    )
     assert agreement >= 0.5
     assert np.isin(groups_s.numpy(), [NOISY, TEACHABLE, CONSISTENT]).all()
 
@@ -153,15 +156,18 @@ def test_per_image_weights_rank_every_tuple_image_without_itself(trained, tiny_w
 
     weighting, check = SampleWeighting(unit="image", tau=2), Check()
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
-    _trainer(tmp_path, callbacks=[HardNegativeMining(cache_negatives=4), weighting, check], enable_checkpointing=False,
-             limit_val_batches=0).fit(model, datamodule=_dm(tiny_world, cache_queries=12))  # fmt: skip
+    _trainer(
+        tmp_path,
+        callbacks=[HardNegativeMining(cache_negatives=4), weighting, check],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    ).fit(model, datamodule=_dm(tiny_world, cache_queries=12))
     h = weighting.history[0]
     assert h["image_ids"].tolist() == check.ids.tolist()
     assert (check.ids < check.num_database).sum() > 0  # database images are weighted too
     assert h["student_ranks"].tolist() == check.ranks["student"].tolist()
     assert h["teacher_ranks"].tolist() == check.ranks["teacher"].tolist()
-    want = mean_one(sample_weights(torch.from_numpy(check.ranks["teacher"]), torch.from_numpy(check.ranks["student"]),
-                                   tau=2))  # fmt: skip
+    want = mean_one(sample_weights(torch.from_numpy(check.ranks["teacher"]), torch.from_numpy(check.ranks["student"]), tau=2))
     assert check.image_weights[torch.from_numpy(check.ids)].tolist() == pytest.approx(want.tolist(), abs=1e-6)
     others = np.setdiff1d(np.arange(len(check.image_weights)), check.ids)
     assert (check.image_weights[torch.from_numpy(others)] == 1).all()

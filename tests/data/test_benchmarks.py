@@ -22,8 +22,12 @@ def _vg(root, split, database, queries):
 
 def _tokyo(root):
     # Two panoramas of three cutouts 100 m apart, two queries at the first one; one query far away.
-    _vg(root, "test", [(0, 0, "panoA", t) for t in range(3)] + [(100, 0, "panoB", t) for t in range(3)],
-        [(1, 0, "q1"), (2, 0, "q2"), (5000, 0, "q3")])
+    _vg(
+        root,
+        "test",
+        [(0, 0, "panoA", t) for t in range(3)] + [(100, 0, "panoB", t) for t in range(3)],
+        [(1, 0, "q1"), (2, 0, "q2"), (5000, 0, "q3")],
+    )
 
 
 def _nordland_vprbench(root):
@@ -84,13 +88,23 @@ def test_structvpr_test_runs_on_a_fixture_of_the_variant(name, tmp_path, repo_ro
     WRITERS[name](root)
     manifest = load_benchmark(name, root, **OPTIONS.get(name, {}))
     options = f"--data.init_args.benchmark_options={json.dumps({name: OPTIONS[name]})}" if name in OPTIONS else None
-    cli = cli_main(["test", "--config", str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
-                    f"--data.init_args.root={root}", f"--data.init_args.test_benchmark={name}",
-                    *([options] if options else []),
-                    "--data.init_args.with_labels=false", "--data.init_args.cache_images=false",
-                    "--data.init_args.image_size=[32, 64]", "--data.init_args.num_workers=0",
-                    "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                    f"--trainer.default_root_dir={tmp_path}"])
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
+            f"--data.init_args.root={root}",
+            f"--data.init_args.test_benchmark={name}",
+            *([options] if options else []),
+            "--data.init_args.with_labels=false",
+            "--data.init_args.cache_images=false",
+            "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     result = cli.model.test_results
     assert result["num_queries"] + result["num_excluded"] == len(manifest.queries)
     assert cli.model.test_recall.radius == manifest.radius
@@ -118,11 +132,19 @@ def test_tokyo_one_hit_per_panorama_is_an_option(tmp_path, repo_root, capsys):
     assert "one hit per panorama: 2 panoramas" in grouped.notes
     with pytest.raises(ValueError, match=r"tokyo247 takes the options \['one_hit_per_panorama'\], got \['per_pano'\]"):
         load_benchmark("tokyo247", tmp_path, per_pano=True)
-    cli = cli_main(["test", "--config", str(repo_root / "lightning_configs/benchmarks/tokyo247.yaml"),
-                    f"--data.init_args.root={tmp_path}", "--data.init_args.image_size=[32, 64]",
-                    "--data.init_args.num_workers=0", '--data.init_args.benchmark_options={"tokyo247": '
-                    '{"one_hit_per_panorama": true}}', "--trainer.enable_progress_bar=false",
-                    f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(repo_root / "lightning_configs/benchmarks/tokyo247.yaml"),
+            f"--data.init_args.root={tmp_path}",
+            "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0",
+            '--data.init_args.benchmark_options={"tokyo247": {"one_hit_per_panorama": true}}',
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     assert cli.model.test_recall.database_groups == grouped.database_groups
     assert cli.model.test_results["num_queries"] == 2 and cli.model.test_results["num_excluded"] == 1
     assert "| StructVPRStudent on tokyo247 (one hit per panorama) |" in capsys.readouterr().out

@@ -10,8 +10,9 @@ from structvpr.data.vg import read_split, utm_array
 
 @pytest.fixture
 def dm(tiny_world):
-    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), batch_size=4, eval_batch_size=16,
-                       num_negatives=3, synthetic_preset=None)
+    dm = VPRDataModule(
+        root=str(tiny_world), image_size=(32, 64), batch_size=4, eval_batch_size=16, num_negatives=3, synthetic_preset=None
+    )
     dm.setup("fit")
     dm.setup("test")
     return dm
@@ -75,8 +76,9 @@ def test_eval_batches_cover_database_then_queries(dm):
 
 
 def test_new_tuples_reach_worker_processes(tiny_world):
-    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), batch_size=4, num_negatives=3,
-                       num_workers=2, synthetic_preset=None)
+    dm = VPRDataModule(
+        root=str(tiny_world), image_size=(32, 64), batch_size=4, num_negatives=3, num_workers=2, synthetic_preset=None
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.persistent_workers
@@ -143,10 +145,10 @@ def test_a_limited_validation_still_holds_queries_and_database(tiny_world, tmp_p
 
     from structvpr.tasks import StructVPRStudent
 
-    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), eval_batch_size=8, synthetic_preset=None,
-                       with_labels=False)  # fmt: skip
-    trainer = pl.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         default_root_dir=str(tmp_path))  # fmt: skip
+    dm = VPRDataModule(root=str(tiny_world), image_size=(32, 64), eval_batch_size=8, synthetic_preset=None, with_labels=False)
+    trainer = pl.Trainer(
+        limit_val_batches=2, logger=False, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=str(tmp_path)
+    )
     result = trainer.validate(StructVPRStudent(), datamodule=dm)[0]
     # 16 of the 32 val images: database and queries in proportion, so R@1 is a number, not nan
     assert result["val/num_queries"] + result["val/num_excluded"] == 6

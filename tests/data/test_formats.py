@@ -55,7 +55,9 @@ def test_pittsburgh_mat_round_trip(tmp_path):
     Image.fromarray(np.zeros((4, 6), dtype=np.uint8)).save(tmp_path / "labels/000/000000_pitch1_yaw1.png")
     m = read_mat_dbstruct(tmp_path, mat)
     assert [r.path.relative_to(tmp_path).as_posix() for r in m.database] == [
-        "000/000000_pitch1_yaw1.jpg", "000/000001_pitch1_yaw2.jpg"]
+        "000/000000_pitch1_yaw1.jpg",
+        "000/000001_pitch1_yaw2.jpg",
+    ]
     assert m.database[1].utm == (585030.0, 4477000.0)
     assert m.queries[0].path == tmp_path / "queries_real/000/000005_pitch1_yaw1.jpg"
     assert m.queries[0].utm == (585004.0, 4477003.0)
@@ -124,13 +126,21 @@ def test_patchnetvlad_lists_and_npz(tmp_path):
     (tmp_path / "nordland_imageNames_index.txt").write_text("ref/0000000.jpg\nref/0000001.jpg\n")
     (tmp_path / "nordland_imageNames_query.txt").write_text("query/0000000.jpg\n")
     np.savez(tmp_path / "nordland.npz", utmDb=np.array([[0, 0], [1, 1]]), utmQ=np.array([[0, 0]]), posDistThr=10)
-    m = read_patchnetvlad(tmp_path, tmp_path / "nordland_imageNames_index.txt",
-                          tmp_path / "nordland_imageNames_query.txt", tmp_path / "nordland.npz")
+    m = read_patchnetvlad(
+        tmp_path,
+        tmp_path / "nordland_imageNames_index.txt",
+        tmp_path / "nordland_imageNames_query.txt",
+        tmp_path / "nordland.npz",
+    )
     assert len(m.database) == 2 and m.radius == 10.0 and m.database[1].utm == (1.0, 1.0)
     np.savez(tmp_path / "short.npz", utmDb=np.zeros((3, 2)), utmQ=np.zeros((1, 2)), posDistThr=10)
     with pytest.raises(DatasetLayoutError, match=r"short\.npz: 3 database and 1 query coordinates, but the lists name 2"):
-        read_patchnetvlad(tmp_path, tmp_path / "nordland_imageNames_index.txt",
-                          tmp_path / "nordland_imageNames_query.txt", tmp_path / "short.npz")
+        read_patchnetvlad(
+            tmp_path,
+            tmp_path / "nordland_imageNames_index.txt",
+            tmp_path / "nordland_imageNames_query.txt",
+            tmp_path / "short.npz",
+        )
 
 
 def test_npy_ground_truth_needs_explicit_trust(tmp_path):
@@ -188,13 +198,17 @@ def _write_msls_val_city(root, city, rng, n_db=40, n_q=32):
         keys = [f"{city}_{role}_{i:03d}" for i in range(n)]
         for k in keys:
             _img(folder / "images" / f"{k}.jpg")
-        (folder / "raw.csv").write_text(",key,lon,lat,ca,captured_at,pano\n" + "".join(
-            f"{i},{k},0,0,0,0,{p}\n" for i, (k, p) in enumerate(zip(keys, pano))))
+        (folder / "raw.csv").write_text(
+            ",key,lon,lat,ca,captured_at,pano\n" + "".join(f"{i},{k},0,0,0,0,{p}\n" for i, (k, p) in enumerate(zip(keys, pano)))
+        )
         (folder / "postprocessed.csv").write_text(
             ",key,easting,northing,night,control_panel,view_direction,unique_cluster\n"
-            + "".join(f"{i},{k},{e},500.0,False,False,Forward,0\n" for i, (k, e) in enumerate(zip(keys, east))))
-        (folder / "subtask_index.csv").write_text(",all,s2w,w2s,o2n,n2o,d2n,n2d\n" + "".join(
-            f"{i},{a},False,False,False,False,False,False\n" for i, a in enumerate(in_all)))
+            + "".join(f"{i},{k},{e},500.0,False,False,Forward,0\n" for i, (k, e) in enumerate(zip(keys, east)))
+        )
+        (folder / "subtask_index.csv").write_text(
+            ",all,s2w,w2s,o2n,n2o,d2n,n2d\n"
+            + "".join(f"{i},{a},False,False,False,False,False,False\n" for i, a in enumerate(in_all))
+        )
         rows[role] = (keys, east, pano, in_all)
     return rows
 
@@ -254,10 +268,13 @@ def test_nordland_patchnetvlad_geometry_gives_plus_minus_7_frames(tmp_path):
     np.savez(tmp_path / "dataset_gt_files/nordland.npz", utmDb=frames, utmQ=frames, posDistThr=10)
     m = load_benchmark("nordland", tmp_path)
     everything = np.tile(np.arange(n), (n, 1))  # every database frame "retrieved" by every query
-    hit, _ = hit_matrix(torch.from_numpy(everything), query_utm=np.array([r.utm for r in m.queries]),
-                        database_utm=np.array([r.utm for r in m.database]), radius=m.radius)  # fmt: skip
+    hit, _ = hit_matrix(
+        torch.from_numpy(everything),
+        query_utm=np.array([r.utm for r in m.queries]),
+        database_utm=np.array([r.utm for r in m.database]),
+        radius=m.radius,
+    )
     counts = hit.sum(1).numpy()
     independent = (np.abs(np.arange(n)[:, None] - np.arange(n)[None]) <= 7).sum(1)  # +-7 frames
     assert counts.tolist() == independent.tolist()
     assert counts[n // 2] == 15  # an interior query: 15 positives, not the 21 of +-10 frames
-

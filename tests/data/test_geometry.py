@@ -11,8 +11,7 @@ from structvpr.data.labels import cityscapes_grouping
 from structvpr.data.vg import ImageRecord
 
 
-@pytest.mark.parametrize(("source", "target"), [((480, 640), (480, 640)), ((480, 640), (48, 64)),
-                                                ((320, 640), (48, 96))])  # fmt: skip
+@pytest.mark.parametrize(("source", "target"), [((480, 640), (480, 640)), ((480, 640), (48, 64)), ((320, 640), (48, 96))])
 def test_crops_vary_keep_the_source_aspect_and_the_evaluation_scale(source, target):
     torch.manual_seed(0)
     h, w = source
@@ -36,8 +35,7 @@ def test_crops_vary_keep_the_source_aspect_and_the_evaluation_scale(source, targ
 def test_default_training_geometry_is_the_evaluation_resize():
     steps = [type(t).__name__ for t in joint_transform((48, 64), train=True).transforms]
     assert steps == ["Resize", "ColorJitter", "ToDtype", "Normalize"]
-    assert [type(t).__name__ for t in joint_transform((48, 64), train=False).transforms] == [
-        "Resize", "ToDtype", "Normalize"]
+    assert [type(t).__name__ for t in joint_transform((48, 64), train=False).transforms] == ["Resize", "ToDtype", "Normalize"]
 
 
 def test_cropped_label_maps_follow_their_rgb_in_a_dataset(tmp_path):
@@ -53,8 +51,9 @@ def test_cropped_label_maps_follow_their_rgb_in_a_dataset(tmp_path):
         Image.fromarray(label).save(tmp_path / f"{k}_label.png")
         records.append(ImageRecord(tmp_path / f"{k}.png", (0.0, 0.0), tmp_path / f"{k}_label.png"))
     torch.manual_seed(0)
-    dataset = ImageDataset(records, [], joint_transform((48, 64), train=True, photometric=False, crop_scale=0.5),
-                           grouping, with_labels=True)  # fmt: skip
+    dataset = ImageDataset(
+        records, [], joint_transform((48, 64), train=True, photometric=False, crop_scale=0.5), grouping, with_labels=True
+    )
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     mismatched = []
     for _ in range(5):

@@ -45,12 +45,24 @@ def write_pittsburgh(root, splits=("train", "val", "test"), n_db=10, seed=0):
 def test_fit_from_native_pittsburgh_layout(tmp_path, repo_root):
     root = tmp_path / "pittsburgh"
     write_pittsburgh(root)
-    cli = cli_main(["fit", "--config", str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
-                    "--config", str(repo_root / "lightning_configs/data/pitts30k.yaml"),
-                    f"--data.init_args.root={root}", "--data.init_args.image_size=[32, 64]",
-                    "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
-                    "--data.init_args.cache_images=false", "--trainer.max_epochs=1", "--trainer.logger=false",
-                    "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
+            "--config",
+            str(repo_root / "lightning_configs/data/pitts30k.yaml"),
+            f"--data.init_args.root={root}",
+            "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.cache_images=false",
+            "--trainer.max_epochs=1",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     dm = cli.datamodule
     # The composed configs keep the model config's data settings and add the native splits.
     assert dm.hparams.num_negatives == 4 and dm.hparams.train_benchmark == "pitts30k_train"
@@ -70,8 +82,15 @@ def test_fit_from_native_pittsburgh_layout(tmp_path, repo_root):
 
 
 def test_msls_data_config_validates(repo_root):
-    cli = cli_main(["--config", str(repo_root / "lightning_configs/paper/teacher.yaml"),
-                    "--config", str(repo_root / "lightning_configs/data/msls.yaml")], run=False)  # fmt: skip
+    cli = cli_main(
+        [
+            "--config",
+            str(repo_root / "lightning_configs/paper/teacher.yaml"),
+            "--config",
+            str(repo_root / "lightning_configs/data/msls.yaml"),
+        ],
+        run=False,
+    )
     hp = cli.datamodule.hparams
     assert (hp.train_benchmark, hp.val_benchmark, hp.test_benchmark) == ("msls_train", "msls_val", "msls_val")
     assert (hp.train_pos_radius, hp.train_neg_radius, hp.image_size) == (10.0, 25.0, [480, 640])
@@ -86,10 +105,17 @@ def test_msls_training_cities_never_mix(tmp_path):
     assert len(m.database) == 4 and len(m.queries) == 4  # d3 of each city is a panorama
     assert m.database[2].utm[0] - m.database[0].utm[0] == CITY_OFFSET_M
     assert [n.split(": ")[0] for n in m.notes] == ["london", "boston"]
-    dm = VPRDataModule(str(tmp_path), train_benchmark="msls_train", val_benchmark="msls_val", with_labels=False,
-                       num_negatives=1,
-                       train_pos_radius=10.0, train_neg_radius=10.0, synthetic_preset=None,
-                       benchmark_options={"msls_train": {"cities": ["london", "boston"]}})  # fmt: skip
+    dm = VPRDataModule(
+        str(tmp_path),
+        train_benchmark="msls_train",
+        val_benchmark="msls_val",
+        with_labels=False,
+        num_negatives=1,
+        train_pos_radius=10.0,
+        train_neg_radius=10.0,
+        synthetic_preset=None,
+        benchmark_options={"msls_train": {"cities": ["london", "boston"]}},
+    )
     dm.setup("fit")
     ds = dm.train_dataset
     city = ["london" if "london" in str(r.path) else "boston" for r in ds.bank.records]

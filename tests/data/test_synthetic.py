@@ -39,8 +39,12 @@ def test_layout_manifest_and_labels(tiny_world):
     assert manifest["counts"]["total"] == len(manifest["images"])
     assert (tiny_world / "contact_sheet.png").is_file()
     # database visits are never at night or in fog; query visits often are
-    night = {r: sum(m["condition"]["illumination"] == "night" or m["condition"]["fog"] > 0
-                    for m in manifest["images"] if m["role"] == r) for r in ("database", "queries")}
+    night = {
+        r: sum(
+            m["condition"]["illumination"] == "night" or m["condition"]["fog"] > 0 for m in manifest["images"] if m["role"] == r
+        )
+        for r in ("database", "queries")
+    }
     assert night["database"] == 0 and night["queries"] >= 10
 
 

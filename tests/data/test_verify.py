@@ -71,16 +71,22 @@ def test_a_bad_val_label_map_stops_fit_before_any_step_without_image_caching(tin
     shutil.copytree(tiny_world, root)
     victim = sorted((root / "labels/val/queries").iterdir())[2]
     Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(victim)
-    dm = VPRDataModule(root=str(root), image_size=(32, 64), batch_size=4, synthetic_preset=None, cache_images=False,
-                       num_workers=0)  # fmt: skip
+    dm = VPRDataModule(
+        root=str(root), image_size=(32, 64), batch_size=4, synthetic_preset=None, cache_images=False, num_workers=0
+    )
     steps = []
 
     class Steps(pl.Callback):
         def on_train_batch_start(self, *args):
             steps.append(1)
 
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
-                         callbacks=[HardNegativeMining(), Steps()])  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[HardNegativeMining(), Steps()],
+    )
     with pytest.raises(LabelMapError, match=rf"val set: 1 unreadable label map\(s\):\n  {victim}: .*outside the taxonomy"):
         trainer.fit(SegTeacher(), datamodule=dm)
     assert steps == [] and not list(tmp_path.rglob("*.ckpt"))

@@ -23,8 +23,14 @@ def test_known_answer_hand_placed():
     q1 = _onehot(2)
     # q2 stands at 1000 m: no positive anywhere -> excluded
     q2 = _onehot(3)
-    out = recall_at_n(torch.stack([q0, q1, q2]), db, ns=(1, 2, 3),
-                      query_utm=torch.tensor([[5.0, 0], [190, 0], [1000, 0]]), database_utm=db_utm, radius=25)
+    out = recall_at_n(
+        torch.stack([q0, q1, q2]),
+        db,
+        ns=(1, 2, 3),
+        query_utm=torch.tensor([[5.0, 0], [190, 0], [1000, 0]]),
+        database_utm=db_utm,
+        radius=25,
+    )
     assert out == {"R@1": 0.5, "R@2": 1.0, "R@3": 1.0, "num_queries": 2, "num_excluded": 1}
 
 
@@ -151,8 +157,7 @@ def test_one_hit_per_panorama_known_answer():
     assert ranks.tolist() == [3]
     # The same through coordinates: cutout 5 stands at the query, the rest 1 km away.
     utm = torch.tensor([[1000.0, 0]] * 5 + [[0.0, 0]])
-    out = recall_at_n(q, db, ns=(3,), query_utm=torch.zeros(1, 2), database_utm=utm, radius=25,
-                      database_groups=list("AAABBC"))
+    out = recall_at_n(q, db, ns=(3,), query_utm=torch.zeros(1, 2), database_utm=utm, radius=25, database_groups=list("AAABBC"))
     assert out["R@3"] == 1.0
     with pytest.raises(ValueError, match="database_groups has 5 entries for 6 database items"):
         recall_at_n(q, db, positives=[[5]], database_groups=list("AAABB"))
@@ -178,14 +183,11 @@ def test_first_positive_rank_can_leave_each_query_itself_out():
     queries = db[[0, 2]]
     plain, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm)
     assert plain.tolist() == [1, 1]
-    left_out, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm,
-                                      exclude=np.array([0, 2]))  # fmt: skip
+    left_out, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm, exclude=np.array([0, 2]))
     # image 0 without itself retrieves 1, 3, 2 (1 is 10 m away: rank 1); image 2 retrieves 3, 1, 0 (rank 2)
     assert left_out.tolist() == [1, 2]
-    none_out, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm,
-                                      exclude=np.array([-1, -1]))  # fmt: skip
+    none_out, _ = first_positive_rank(queries, db, 3, query_utm=utm[[0, 2]], database_utm=utm, exclude=np.array([-1, -1]))
     assert none_out.tolist() == [1, 1]
     # the left-out item does not use up the search depth: max_rank 1 still finds image 1 for image 0
-    shallow, _ = first_positive_rank(queries, db, 1, query_utm=utm[[0, 2]], database_utm=utm,
-                                     exclude=np.array([0, 2]))  # fmt: skip
+    shallow, _ = first_positive_rank(queries, db, 1, query_utm=utm[[0, 2]], database_utm=utm, exclude=np.array([0, 2]))
     assert shallow.tolist() == [1, 2]

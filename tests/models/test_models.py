@@ -91,8 +91,7 @@ def test_weight_file_with_wrong_keys_fails_naming_the_unloaded_tensors(name, tmp
 def test_conv_only_vgg16_file_loads_and_adapts_to_label_channels(tmp_path):
     import timm
 
-    convs = {k: v for k, v in timm.create_model("vgg16", pretrained=False).state_dict().items()
-             if k.startswith("features.")}  # fmt: skip
+    convs = {k: v for k, v in timm.create_model("vgg16", pretrained=False).state_dict().items() if k.startswith("features.")}
     path = tmp_path / "vgg16_convs.pth"
     torch.save(convs, path)
     rgb = TimmTrunk("vgg16", pretrained_path=str(path))
@@ -155,6 +154,9 @@ def test_weight_file_with_a_wrong_shape_names_both_shapes(tmp_path):
     full["layer1.0.conv1.weight"] = torch.zeros(64, 64, 5, 5)
     path = tmp_path / "shape.pth"
     torch.save(full, path)
-    with pytest.raises(ValueError, match=r"layer1.0.conv1.weight: the file has \(64, 64, 5, 5\), the trunk needs "
-                                         r"\(64, 64, 3, 3\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"layer1.0.conv1.weight: the file has \(64, 64, 5, 5\), the trunk needs "
+        r"\(64, 64, 3, 3\)",
+    ):
         TimmTrunk("resnet18", pretrained_path=str(path))

@@ -1,5 +1,3 @@
-
-
 def test_exact_ties_go_to_the_lower_index_in_every_backend():
     import numpy as np
     import torch

@@ -29,14 +29,24 @@ class RecordWeights(pl.Callback):
 
 
 def _dm(root, image_size=(32, 64), **kw):
-    return VPRDataModule(root=str(root), image_size=image_size, batch_size=4, eval_batch_size=32,
-                         num_negatives=3, synthetic_preset=None, **kw)
+    return VPRDataModule(
+        root=str(root), image_size=image_size, batch_size=4, eval_batch_size=32, num_negatives=3, synthetic_preset=None, **kw
+    )
 
 
 def _trainer(tmp, epochs=1, callbacks=(), **kw):
-    return pl.Trainer(max_epochs=epochs, limit_train_batches=2, accelerator="cpu", logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      default_root_dir=str(tmp), callbacks=list(callbacks), **kw)
+    return pl.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp),
+        callbacks=list(callbacks),
+        **kw,
+    )
 
 
 class RecordSubepoch(pl.Callback):
@@ -51,10 +61,14 @@ class RecordSubepoch(pl.Callback):
             return
         bank = pl_module.banks["student"]
         ids, desc = bank.ids, bank.array
-        record = {"tuples": trainer.datamodule.train_dataset.tuples.clone(), "ids": torch.from_numpy(ids),
-                  "descriptors": desc.cpu(), "weights": pl_module.sample_weights.cpu(),
-                  "encoded": sum(b.images_encoded for b in pl_module.banks.values()),
-                  "bank": len(trainer.datamodule.train_images)}
+        record = {
+            "tuples": trainer.datamodule.train_dataset.tuples.clone(),
+            "ids": torch.from_numpy(ids),
+            "descriptors": desc.cpu(),
+            "weights": pl_module.sample_weights.cpu(),
+            "encoded": sum(b.images_encoded for b in pl_module.banks.values()),
+            "bank": len(trainer.datamodule.train_images),
+        }
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         torch.save(record, Path(self.out_dir) / f"subepoch_rank{trainer.global_rank}.pt")
 

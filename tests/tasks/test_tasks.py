@@ -41,13 +41,13 @@ class _Targets(pl.Callback):
         self.cache_diff.append((targets - cached).abs().max().item())
 
 
-def test_cached_teacher_targets_equal_the_online_teacher_without_geometric_augmentation(trained, tiny43_world,
-                                                                                        tmp_path):  # fmt: skip
+def test_cached_teacher_targets_equal_the_online_teacher_without_geometric_augmentation(trained, tiny43_world, tmp_path):
     probe = _Targets()
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
     dm = _dm(tiny43_world, image_size=(48, 64))  # colour jitter on: photometric only
-    _trainer(tmp_path, callbacks=[HardNegativeMining(), probe], enable_checkpointing=False,
-             limit_val_batches=0).fit(model, datamodule=dm)  # fmt: skip
+    _trainer(tmp_path, callbacks=[HardNegativeMining(), probe], enable_checkpointing=False, limit_val_batches=0).fit(
+        model, datamodule=dm
+    )
     assert model.teacher_cached
     assert max(probe.online_diff) < 1e-5 and max(probe.cache_diff) == 0.0
 
@@ -57,8 +57,9 @@ def test_teacher_targets_follow_the_student_view_under_geometric_augmentation(tr
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], cache_teacher=True)
     dm = _dm(tiny43_world, image_size=(48, 64), crop_scale=0.5)
     with pytest.warns(UserWarning, match="geometric augmentation .* runs on each batch's own transformed label maps"):
-        _trainer(tmp_path, callbacks=[HardNegativeMining(), probe], enable_checkpointing=False,
-                 limit_val_batches=0).fit(model, datamodule=dm)  # fmt: skip
+        _trainer(tmp_path, callbacks=[HardNegativeMining(), probe], enable_checkpointing=False, limit_val_batches=0).fit(
+            model, datamodule=dm
+        )
     assert not model.teacher_cached
     assert max(probe.online_diff) < 1e-5  # the teacher's descriptor of exactly this batch's cropped maps
     assert max(probe.cache_diff) > 1e-3  # a cache of un-augmented maps would have pulled towards other views
@@ -82,7 +83,8 @@ def test_weights_and_callback_state_survive_checkpoint_and_resume(trained, tiny_
     resumed = StructVPRDistillation(teacher_ckpt=trained["teacher"])
     dm = _dm(tiny_world)
     _trainer(tmp_path, epochs=3, callbacks=[HardNegativeMining(), resumed_weighting, recorder]).fit(
-        resumed, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+        resumed, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
     assert torch.equal(recorder.at_train_start, saved["state_dict"]["sample_weights"])
     assert torch.equal(resumed_weighting.teacher_ranks, state["teacher_ranks"])
     assert len(recorder.per_epoch) == 1  # only epoch 2 ran
@@ -132,8 +134,9 @@ def test_netvlad_is_initialised_by_kmeans_before_mining_encodes(tiny_world, tmp_
     assert not bool(model.encoder.aggregator.initialised)
     with warnings.catch_warnings():  # mining's first sub-epoch encodes in on_fit_start: centroids must be set by then
         warnings.filterwarnings("error", message="NetVLAD encodes with random centroids")
-        _trainer(tmp_path, callbacks=[HardNegativeMining()], enable_checkpointing=False,
-                 limit_val_batches=1).fit(model, datamodule=_dm(tiny_world))  # fmt: skip
+        _trainer(tmp_path, callbacks=[HardNegativeMining()], enable_checkpointing=False, limit_val_batches=1).fit(
+            model, datamodule=_dm(tiny_world)
+        )
     assert bool(model.encoder.aggregator.initialised)
     assert model.encoder.descriptor_dim == 4 * 128
 
@@ -148,15 +151,29 @@ def test_two_process_ddp_fit_gives_identical_weights_on_every_rank(trained, tiny
     import os
 
     env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
-    args = [sys.executable, "-m", "structvpr", "fit", "--config", str(repo_root / "lightning_configs/synthetic/distill.yaml"),
-            f"--data.init_args.root={tiny_world}", "--data.init_args.image_size=[32, 64]",
-            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-            f"--model.init_args.teacher_ckpt={trained['teacher']}",
-            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-            "--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=tests.tasks.helpers.RecordWeights",
-            f"--trainer.callbacks.out_dir={tmp_path / 'weights'}"]
+    args = [
+        sys.executable,
+        "-m",
+        "structvpr",
+        "fit",
+        "--config",
+        str(repo_root / "lightning_configs/synthetic/distill.yaml"),
+        f"--data.init_args.root={tiny_world}",
+        "--data.init_args.image_size=[32, 64]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+        f"--model.init_args.teacher_ckpt={trained['teacher']}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=2",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=tests.tasks.helpers.RecordWeights",
+        f"--trainer.callbacks.out_dir={tmp_path / 'weights'}",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0 = torch.load(tmp_path / "weights" / "weights_rank0.pt")
@@ -174,16 +191,31 @@ def test_two_process_encoding_splits_the_work_and_equals_one_process(trained, ti
     records = {}
     for devices in (1, 2):
         out = tmp_path / f"devices{devices}"
-        args = [sys.executable, "-m", "structvpr", "fit", "--config",
-                str(repo_root / "lightning_configs/synthetic/distill.yaml"),
-                f"--data.init_args.root={tiny_world}", "--data.init_args.image_size=[32, 64]",
-                "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
-                f"--model.init_args.teacher_ckpt={trained['teacher']}",
-                f"--model.init_args.student_ckpt={trained['baseline']}",
-                "--trainer.accelerator=cpu", f"--trainer.devices={devices}", "--trainer.strategy=ddp",
-                "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=0",
-                "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
-                "--trainer.callbacks+=tests.tasks.helpers.RecordSubepoch", f"--trainer.callbacks.out_dir={out}"]
+        args = [
+            sys.executable,
+            "-m",
+            "structvpr",
+            "fit",
+            "--config",
+            str(repo_root / "lightning_configs/synthetic/distill.yaml"),
+            f"--data.init_args.root={tiny_world}",
+            "--data.init_args.image_size=[32, 64]",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            f"--model.init_args.teacher_ckpt={trained['teacher']}",
+            f"--model.init_args.student_ckpt={trained['baseline']}",
+            "--trainer.accelerator=cpu",
+            f"--trainer.devices={devices}",
+            "--trainer.strategy=ddp",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=0",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.callbacks+=tests.tasks.helpers.RecordSubepoch",
+            f"--trainer.callbacks.out_dir={out}",
+        ]
         proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         records[devices] = [torch.load(out / f"subepoch_rank{r}.pt") for r in range(devices)]
@@ -201,7 +233,8 @@ def test_normalised_weighting_trains_with_mean_one_weights(trained, tiny_world, 
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     weighting = SampleWeighting(normalize=True)
     _trainer(tmp_path, callbacks=[HardNegativeMining(), weighting], enable_checkpointing=False).fit(
-        model, datamodule=_dm(tiny_world))
+        model, datamodule=_dm(tiny_world)
+    )
     weights = model.sample_weights
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert weights.max() > 1.0 and (weights[weights > 0].min() < 1.0)  # redistributed, not all ones
@@ -216,16 +249,22 @@ def test_weighting_runs_where_a_full_teacher_cache_would_not_fit(trained, tiny_w
     monkeypatch.setattr(memory, "free_memory_bytes", lambda device: full)  # half of it is free for us
     weighting = SampleWeighting(ranks="subepoch")
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"])
-    _trainer(tmp_path, epochs=3, callbacks=[HardNegativeMining(cache_negatives=6), weighting],
-             enable_checkpointing=False).fit(model, datamodule=dm)  # fmt: skip
+    _trainer(tmp_path, epochs=3, callbacks=[HardNegativeMining(cache_negatives=6), weighting], enable_checkpointing=False).fit(
+        model, datamodule=dm
+    )
     assert model.current_epoch == 3 and weighting.subepoch == 2
     assert weighting.last_stats["weighting/rank_database_size"] < len(dm.train_images) / 2
     # The exact global ranks need every teacher descriptor: refused up front, naming the way out.
-    with pytest.raises(ValueError, match=r"teacher descriptors of every training image .* more than half the free "
-                                         r"memory of cpu .*ranks='subepoch'"):  # fmt: skip
-        _trainer(tmp_path, callbacks=[HardNegativeMining(cache_negatives=6), SampleWeighting(ranks="global")],
-                 enable_checkpointing=False).fit(StructVPRDistillation(teacher_ckpt=trained["teacher"]),
-                                                 datamodule=_dm(tiny_world, cache_queries=4))  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"teacher descriptors of every training image .* more than half the free "
+        r"memory of cpu .*ranks='subepoch'",
+    ):
+        _trainer(
+            tmp_path,
+            callbacks=[HardNegativeMining(cache_negatives=6), SampleWeighting(ranks="global")],
+            enable_checkpointing=False,
+        ).fit(StructVPRDistillation(teacher_ckpt=trained["teacher"]), datamodule=_dm(tiny_world, cache_queries=4))
 
 
 def test_weighting_needs_mining_before_it(trained, tiny_world, tmp_path):
@@ -275,7 +314,8 @@ def test_crossfit_teachers_rank_exactly_the_queries_they_never_trained_on(traine
     model = StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"])
     dm = _dm(tiny_world)
     _trainer(tmp_path, epochs=2, callbacks=[HardNegativeMining(), weighting], enable_checkpointing=False).fit(
-        model, datamodule=dm)  # fmt: skip
+        model, datamodule=dm
+    )
     assert [h["subepoch"] for h in weighting.history] == [0, 1]
     record = weighting.history[-1]
     np.testing.assert_allclose(record["weights"], model.sample_weights[torch.from_numpy(record["queries"])].numpy())
@@ -288,8 +328,7 @@ def test_crossfit_teachers_rank_exactly_the_queries_they_never_trained_on(traine
     for k, path in enumerate(folds):
         teacher = SegTeacher.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
         with torch.no_grad():
-            desc = {i: teacher.encoder.pooled(images[i]["label"][None])[0].numpy()
-                    for i in [*database, *record["image_ids"]]}  # fmt: skip
+            desc = {i: teacher.encoder.pooled(images[i]["label"][None])[0].numpy() for i in [*database, *record["image_ids"]]}
         for row, q in enumerate(record["image_ids"]):
             if (q - n_db) % 2 != k:
                 continue
@@ -301,8 +340,8 @@ def test_crossfit_teachers_rank_exactly_the_queries_they_never_trained_on(traine
     # The task's own teacher, which trained on every query, ranks them differently.
     own = SampleWeighting(ranks="subepoch")
     _trainer(tmp_path / "own", epochs=2, callbacks=[HardNegativeMining(), own], enable_checkpointing=False).fit(
-        StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"]),
-        datamodule=_dm(tiny_world))  # fmt: skip
+        StructVPRDistillation(teacher_ckpt=trained["teacher"], student_ckpt=trained["baseline"]), datamodule=_dm(tiny_world)
+    )
     assert not np.array_equal(own.history[-1]["teacher_ranks"], record["teacher_ranks"])
 
 
@@ -338,8 +377,7 @@ def test_self_distillation_control_distils_an_rgb_teacher_on_the_rgb_images(trai
                 seen["cached"] = (pl_module.teacher_targets(batch).flatten(0, 1) - plain).abs().max().item()
                 seen["n"] = len(np.unique(ids)), ds.num_database
 
-    model = StructVPRDistillation(teacher_ckpt=trained["baseline"], student_ckpt=trained["baseline"],
-                                  teacher_input="image")  # fmt: skip
+    model = StructVPRDistillation(teacher_ckpt=trained["baseline"], student_ckpt=trained["baseline"], teacher_input="image")
     trainer = _trainer(tmp_path, callbacks=[HardNegativeMining(), Targets()], limit_val_batches=0)
     trainer.fit(model, datamodule=_dm(tiny_world, augment=False))
     assert seen["online"] < 1e-5 and seen["cached"] < 1e-5

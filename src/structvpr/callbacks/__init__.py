@@ -8,5 +8,12 @@ from structvpr.callbacks.pictures import RetrievalPictures
 from structvpr.callbacks.predictions import PredictionWriter
 from structvpr.callbacks.weighting import SampleWeighting
 
-__all__ = ["ExportStudent", "FitPCAWhitening", "HardNegativeMining", "InitNetVLAD", "PredictionWriter", "RetrievalPictures",
-           "SampleWeighting"]
+__all__ = [
+    "ExportStudent",
+    "FitPCAWhitening",
+    "HardNegativeMining",
+    "InitNetVLAD",
+    "PredictionWriter",
+    "RetrievalPictures",
+    "SampleWeighting",
+]

@@ -56,10 +56,15 @@ class HardNegativeMining(pl.Callback):
 
     """
 
-    def __init__(self, cache_negatives: int | None = 1000, positive: Literal["nearest", "random"] = "nearest",
-                 search_backend: Backend | None = None,
-                 descriptor_dtype: Literal["float32", "float16"] = "float32", descriptor_memmap_dir: str | None = None,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cache_negatives: int | None = 1000,
+        positive: Literal["nearest", "random"] = "nearest",
+        search_backend: Backend | None = None,
+        descriptor_dtype: Literal["float32", "float16"] = "float32",
+        descriptor_memmap_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
         if cache_negatives is not None and cache_negatives < 1:
             raise ValueError(f"cache_negatives must be >= 1 or None, got {cache_negatives}")
         if positive not in ("nearest", "random"):
@@ -82,11 +87,15 @@ class HardNegativeMining(pl.Callback):
             return
         data = datamodule_of(trainer)
         if not isinstance(data, TrainingData):
-            raise TypeError(f"HardNegativeMining needs a datamodule satisfying structvpr.protocols.TrainingData "
-                            f"(training_tuples, train_images_dataloader), got {type(data).__name__}")  # fmt: skip
+            raise TypeError(
+                f"HardNegativeMining needs a datamodule satisfying structvpr.protocols.TrainingData "
+                f"(training_tuples, train_images_dataloader), got {type(data).__name__}"
+            )
         if not isinstance(pl_module, DescriptorTask) or "student" not in pl_module.banks:
-            raise TypeError(f"HardNegativeMining needs a task satisfying structvpr.protocols.DescriptorTask "
-                            f"(banks['student']), got {type(pl_module).__name__}")  # fmt: skip
+            raise TypeError(
+                f"HardNegativeMining needs a task satisfying structvpr.protocols.DescriptorTask "
+                f"(banks['student']), got {type(pl_module).__name__}"
+            )
         self._data, self._task, self._trainer = data, pl_module, trainer
         for bank in pl_module.banks.values():  # every sub-epoch array the task holds: teacher targets too
             bank.set_storage(getattr(torch, self.descriptor_dtype), self.descriptor_memmap_dir)
@@ -104,8 +113,13 @@ class HardNegativeMining(pl.Callback):
             self.mine(trainer, 0)
         elif not saved["finished"]:  # resumed inside a sub-epoch: finish it on its own tuples
             table = saved["tuples"]
-            dataset.set_tuples(saved["subepoch"], table[:, 0].numpy(), table[:, 1].numpy(), table[:, 2:].numpy(),
-                               database=saved["database"].numpy())  # fmt: skip
+            dataset.set_tuples(
+                saved["subepoch"],
+                table[:, 0].numpy(),
+                table[:, 1].numpy(),
+                table[:, 2:].numpy(),
+                database=saved["database"].numpy(),
+            )
             self._batches = saved["batches"]
         else:  # resumed at a sub-epoch's end: the next one, mined with the restored weights
             self.mine(trainer, saved["subepoch"] + 1)
@@ -115,8 +129,9 @@ class HardNegativeMining(pl.Callback):
         if trainer.current_epoch > 0 and not (dataset.subepoch == trainer.current_epoch and dataset.mined):
             self.mine(trainer, trainer.current_epoch)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._batches += 1
 
     def mine(self, trainer: pl.Trainer, k: int) -> None:
@@ -142,9 +157,14 @@ class HardNegativeMining(pl.Callback):
             positives = np.array([rng.choice(p) for p in gps_positives], dtype=np.int64)
         backend: Backend = self.search_backend or getattr(self._task, "hparams", {}).get("search_backend", "auto")
         pool_rows = np.searchsorted(database, pool)
-        negatives = mine_hardest(q_desc, db_desc[torch.from_numpy(pool_rows).to(db_desc.device)], pool,
-                                 [dataset.non_negatives[q] for q in queries], dataset.num_negatives,
-                                 backend=backend).numpy()  # fmt: skip
+        negatives = mine_hardest(
+            q_desc,
+            db_desc[torch.from_numpy(pool_rows).to(db_desc.device)],
+            pool,
+            [dataset.non_negatives[q] for q in queries],
+            dataset.num_negatives,
+            backend=backend,
+        ).numpy()
         short = np.flatnonzero((negatives < 0).any(1))
         for row in short:  # too few valid negatives in the pool: random ones fill the gaps
             fill = [c for c in dataset.random_negatives(int(queries[row]), rng) if c not in negatives[row]]
@@ -157,19 +177,28 @@ class HardNegativeMining(pl.Callback):
         self.random_fills += len(short)
         self._batches = 0
         if k == 0:
-            rank_zero_info(f"HardNegativeMining: sub-epochs of {len(queries)} queries, {len(pool)} pool images, "
-                           f"{len(database)} database images encoded per sub-epoch")  # fmt: skip
+            rank_zero_info(
+                f"HardNegativeMining: sub-epochs of {len(queries)} queries, {len(pool)} pool images, "
+                f"{len(database)} database images encoded per sub-epoch"
+            )
         for logger in trainer.loggers:
-            logger.log_metrics({"mining/encoded_database": float(len(database)),
-                                "mining/random_filled_queries": float(len(short))}, step=trainer.global_step)  # fmt: skip
+            logger.log_metrics(
+                {"mining/encoded_database": float(len(database)), "mining/random_filled_queries": float(len(short))},
+                step=trainer.global_step,
+            )
 
     def state_dict(self) -> dict[str, Any]:
         if self._data is None or self._trainer is None or self._tuples.subepoch < 0:
             return {"refreshes": self.refreshes}
         dataset = self._tuples
-        return {"refreshes": self.refreshes, "subepoch": dataset.subepoch, "tuples": dataset.tuples.clone(),
-                "database": torch.from_numpy(dataset.subepoch_database.copy()), "batches": self._batches,
-                "finished": self._batches >= self._trainer.num_training_batches}  # fmt: skip
+        return {
+            "refreshes": self.refreshes,
+            "subepoch": dataset.subepoch,
+            "tuples": dataset.tuples.clone(),
+            "database": torch.from_numpy(dataset.subepoch_database.copy()),
+            "batches": self._batches,
+            "finished": self._batches >= self._trainer.num_training_batches,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.refreshes = state_dict["refreshes"]
@@ -177,8 +206,9 @@ class HardNegativeMining(pl.Callback):
             self._restored = dict(state_dict)
 
 
-def nearest_positive(queries: torch.Tensor, database: torch.Tensor, database_ids: np.ndarray,
-                     gps_positives: list[np.ndarray], chunk: int = 65536) -> np.ndarray:  # fmt: skip
+def nearest_positive(
+    queries: torch.Tensor, database: torch.Tensor, database_ids: np.ndarray, gps_positives: list[np.ndarray], chunk: int = 65536
+) -> np.ndarray:
     """Each query's GPS positive nearest in descriptor space (ties: the lower id).
 
     Args:
@@ -199,15 +229,29 @@ def nearest_positive(queries: torch.Tensor, database: torch.Tensor, database_ids
     owner = np.repeat(np.arange(len(counts)), counts)
     rows = torch.from_numpy(np.searchsorted(database_ids, flat)).to(database.device)
     owner_t = torch.from_numpy(owner).to(queries.device)
-    dist = torch.cat([(queries[owner_t[i : i + chunk]].float() - database[rows[i : i + chunk]].float()).pow(2).sum(1)
-                      for i in range(0, len(flat), chunk)]).cpu().numpy()  # fmt: skip
+    dist = (
+        torch.cat(
+            [
+                (queries[owner_t[i : i + chunk]].float() - database[rows[i : i + chunk]].float()).pow(2).sum(1)
+                for i in range(0, len(flat), chunk)
+            ]
+        )
+        .cpu()
+        .numpy()
+    )
     order = np.lexsort((flat, dist, owner))  # per query: nearest first, then lower id
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return flat[order[starts]]
 
 
-def mine_hardest(queries: torch.Tensor, pool: torch.Tensor, pool_ids: np.ndarray, non_negatives: list[np.ndarray],
-                 m: int, backend: Backend = "auto") -> torch.Tensor:  # fmt: skip
+def mine_hardest(
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    pool_ids: np.ndarray,
+    non_negatives: list[np.ndarray],
+    m: int,
+    backend: Backend = "auto",
+) -> torch.Tensor:
     """The ``m`` nearest pool items of each query that are not among its non-negatives.
 
     One k-nearest-neighbour search (``k = m`` plus the most non-negatives any query has in

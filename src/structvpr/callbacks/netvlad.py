@@ -41,5 +41,4 @@ class InitNetVLAD(pl.Callback):
         data = datamodule_of(trainer)
         if not isinstance(data, TrainingData):
             raise TypeError("InitNetVLAD needs a datamodule satisfying structvpr.protocols.TrainingData")
-        init_netvlad(trainer, encoder, data, getattr(pl_module, "input_key", "image"), self.num_images,
-                     self.per_image, self.seed)  # fmt: skip
+        init_netvlad(trainer, encoder, data, getattr(pl_module, "input_key", "image"), self.num_images, self.per_image, self.seed)

@@ -43,8 +43,10 @@ class FitPCAWhitening(pl.Callback):
             raise ValueError("FitPCAWhitening needs a model with PCA-whitening: set model.init_args.pca_dim")
         data = datamodule_of(trainer)
         if not isinstance(pl_module, DescriptorTask) or not isinstance(data, TrainingData):
-            raise TypeError("FitPCAWhitening needs a task satisfying structvpr.protocols.DescriptorTask and a "
-                            "datamodule satisfying structvpr.protocols.TrainingData")  # fmt: skip
+            raise TypeError(
+                "FitPCAWhitening needs a task satisfying structvpr.protocols.DescriptorTask and a "
+                "datamodule satisfying structvpr.protocols.TrainingData"
+            )
         self._pca, self._task, self._data = pca, pl_module, data
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -55,8 +57,10 @@ class FitPCAWhitening(pl.Callback):
         pca, n_db = self._pca, self._data.training_tuples.num_database
         count = min(n_db, self.num_images)
         if count <= pca.out_dim:
-            raise ValueError(f"PCA-whitening to {pca.out_dim} dimensions needs more than {pca.out_dim} training "
-                             f"database images; {count} are sampled (num_images={self.num_images}, database {n_db})")  # fmt: skip
+            raise ValueError(
+                f"PCA-whitening to {pca.out_dim} dimensions needs more than {pca.out_dim} training "
+                f"database images; {count} are sampled (num_images={self.num_images}, database {n_db})"
+            )
         ids = np.sort(np.random.default_rng(self.seed).choice(n_db, count, replace=False))
         pca.fit(self._task.banks["student"].encode(ids).to(pca.mean.device))
         for buffer in (pca.mean, pca.projection, pca.fitted):

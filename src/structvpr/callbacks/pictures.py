@@ -40,9 +40,17 @@ class RetrievalPictures(pl.Callback):
 
     """
 
-    def __init__(self, num_queries: int = 8, top_k: int = 5, failures_only: bool = False, max_n: int = 25,
-                 stages: tuple[str, ...] = ("test",), radius: float = 25.0, every_n_epochs: int = 1,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_queries: int = 8,
+        top_k: int = 5,
+        failures_only: bool = False,
+        max_n: int = 25,
+        stages: tuple[str, ...] = ("test",),
+        radius: float = 25.0,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+    ) -> None:
         if num_queries < 1 or top_k < 1 or max_n < 1:
             raise ValueError(f"num_queries, top_k and max_n must be >= 1, got {num_queries}, {top_k}, {max_n}")
         bad = set(stages) - {"val", "test"}
@@ -57,13 +65,27 @@ class RetrievalPictures(pl.Callback):
         if isinstance(outputs, dict) and "descriptor" in outputs:
             self._outputs.append({"descriptor": outputs["descriptor"].detach().cpu(), "index": batch["index"].cpu()})
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if "val" in self.stages and not trainer.sanity_checking:
             self._collect(outputs, batch)
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if "test" in self.stages:
             self._collect(outputs, batch)
 
@@ -88,11 +110,13 @@ class RetrievalPictures(pl.Callback):
         db, qs = desc[:n_db], desc[n_db:]
         utm = dataset.utm
         retrieved = knn(qs, db, self.top_k)
-        rule: dict[str, Any] = (metric.match_rule(utm[n_db:], utm[:n_db]) if isinstance(metric, RecallAtN) else
-                                {"query_utm": utm[n_db:], "database_utm": utm[:n_db], "radius": self.radius})  # fmt: skip
+        rule: dict[str, Any] = (
+            metric.match_rule(utm[n_db:], utm[:n_db])
+            if isinstance(metric, RecallAtN)
+            else {"query_utm": utm[n_db:], "database_utm": utm[:n_db], "radius": self.radius}
+        )
         correct, _ = hit_matrix(retrieved, **rule)
-        ranks, valid = first_positive_rank(qs, db, self.max_n, database_groups=getattr(metric, "database_groups", None),
-                                           **rule)  # fmt: skip
+        ranks, valid = first_positive_rank(qs, db, self.max_n, database_groups=getattr(metric, "database_groups", None), **rule)
         candidates = np.flatnonzero(valid.numpy() & (~correct[:, 0].numpy() if self.failures_only else True))
         rng = np.random.default_rng(self.seed)
         rows = np.sort(rng.choice(candidates, min(self.num_queries, len(candidates)), replace=False))
@@ -101,9 +125,11 @@ class RetrievalPictures(pl.Callback):
         tag = f"{stage}_epoch{trainer.current_epoch:02d}" if stage == "val" else stage
         grid_path = folder / f"retrieval_{tag}.png"
         curve_path = folder / f"recall_curve_{tag}.png"
-        grid = retrieval_grid([dataset.records[n_db + q].path for q in rows],
-                              [[dataset.records[j].path for j in retrieved[q].tolist()] for q in rows],
-                              correct[rows].numpy())  # fmt: skip
+        grid = retrieval_grid(
+            [dataset.records[n_db + q].path for q in rows],
+            [[dataset.records[j].path for j in retrieved[q].tolist()] for q in rows],
+            correct[rows].numpy(),
+        )
         _save_atomic(grid, grid_path)
         recall_curve(ranks[valid], self.max_n, curve_path, title=f"Recall@N ({stage}, {int(valid.sum())} queries)")
         self.saved += [grid_path, curve_path]

@@ -48,8 +48,9 @@ class PredictionWriter(pl.Callback):
         out = Path(self.output_dir) if self.output_dir else run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         top = knn(desc[n_db:], desc[:n_db], self.top_k)
-        lines = [" ".join([Path(paths[n_db + q]).stem, *(Path(paths[j]).stem for j in row.tolist())])
-                 for q, row in enumerate(top)]  # fmt: skip
+        lines = [
+            " ".join([Path(paths[n_db + q]).stem, *(Path(paths[j]).stem for j in row.tolist())]) for q, row in enumerate(top)
+        ]
         files = {
             "database_descriptors.npy": desc[:n_db].numpy(),
             "query_descriptors.npy": desc[n_db:].numpy(),

@@ -23,8 +23,7 @@ def partition(teacher_ranks: torch.Tensor, student_ranks: torch.Tensor, tau: int
     return torch.where(teacher_ranks > tau, NOISY, groups)
 
 
-def sample_weights(teacher_ranks: torch.Tensor, student_ranks: torch.Tensor, tau: int = 5,
-                   alpha: float = 1.0) -> torch.Tensor:  # fmt: skip
+def sample_weights(teacher_ranks: torch.Tensor, student_ranks: torch.Tensor, tau: int = 5, alpha: float = 1.0) -> torch.Tensor:
     """``w = sigmoid(alpha * (ln r_S - ln r_T))`` for teachable and consistent queries, 0 for noisy.
 
     Args:
@@ -112,10 +111,18 @@ class SampleWeighting(pl.Callback):
 
     """
 
-    def __init__(self, tau: int = 5, alpha: float = 1.0, max_rank: int = 100,
-                 ranks: Literal["subepoch", "global"] = "subepoch", radius: float = 25.0, uniform: bool = False,
-                 normalize: bool = True, crossfit_teachers: list[str] | None = None,
-                 unit: Literal["query", "image"] = "query") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tau: int = 5,
+        alpha: float = 1.0,
+        max_rank: int = 100,
+        ranks: Literal["subepoch", "global"] = "subepoch",
+        radius: float = 25.0,
+        uniform: bool = False,
+        normalize: bool = True,
+        crossfit_teachers: list[str] | None = None,
+        unit: Literal["query", "image"] = "query",
+    ) -> None:
         if tau < 1:
             raise ValueError(f"tau must be >= 1, got {tau}")
         if max_rank < tau:
@@ -130,8 +137,10 @@ class SampleWeighting(pl.Callback):
         if unit not in ("query", "image"):
             raise ValueError(f"unit must be 'query' or 'image', got {unit!r}")
         if unit == "image" and (ranks != "subepoch" or crossfit_teachers is not None):
-            raise ValueError("unit='image' ranks every image over the sub-epoch's database set: it needs "
-                             "ranks='subepoch' and no crossfit_teachers")  # fmt: skip
+            raise ValueError(
+                "unit='image' ranks every image over the sub-epoch's database set: it needs "
+                "ranks='subepoch' and no crossfit_teachers"
+            )
         self.unit = unit
         self.uniform, self.normalize = uniform, normalize
         self.crossfit_teachers = list(crossfit_teachers) if crossfit_teachers is not None else None
@@ -156,23 +165,30 @@ class SampleWeighting(pl.Callback):
             return
         data = datamodule_of(trainer)
         if not isinstance(pl_module, DistillationTask) or not {"student", "teacher"} <= set(pl_module.banks):
-            raise TypeError(f"SampleWeighting needs a task satisfying structvpr.protocols.DistillationTask "
-                            f"(banks['student'], banks['teacher'], set_sample_weights), "
-                            f"got {type(pl_module).__name__}")  # fmt: skip
+            raise TypeError(
+                f"SampleWeighting needs a task satisfying structvpr.protocols.DistillationTask "
+                f"(banks['student'], banks['teacher'], set_sample_weights), "
+                f"got {type(pl_module).__name__}"
+            )
         if not isinstance(data, TrainingData):
-            raise TypeError(f"SampleWeighting needs a datamodule satisfying structvpr.protocols.TrainingData, "
-                            f"got {type(data).__name__}")  # fmt: skip
+            raise TypeError(
+                f"SampleWeighting needs a datamodule satisfying structvpr.protocols.TrainingData, got {type(data).__name__}"
+            )
         from structvpr.callbacks.mining import HardNegativeMining
 
         callbacks = list(getattr(trainer, "callbacks", []))
         names = [type(c).__name__ for c in callbacks]
         miners = [i for i, c in enumerate(callbacks) if isinstance(c, HardNegativeMining)]
         if not miners or miners[0] > callbacks.index(self):
-            raise ValueError("SampleWeighting ranks each sub-epoch's mined set: put HardNegativeMining before it "
-                             f"in trainer.callbacks (now: {names})")  # fmt: skip
+            raise ValueError(
+                "SampleWeighting ranks each sub-epoch's mined set: put HardNegativeMining before it "
+                f"in trainer.callbacks (now: {names})"
+            )
         if self.unit == "image" and not isinstance(pl_module, ImageWeightedTask):
-            raise TypeError(f"SampleWeighting(unit='image') needs a task satisfying structvpr.protocols."
-                            f"ImageWeightedTask (set_image_weights), got {type(pl_module).__name__}")  # fmt: skip
+            raise TypeError(
+                f"SampleWeighting(unit='image') needs a task satisfying structvpr.protocols."
+                f"ImageWeightedTask (set_image_weights), got {type(pl_module).__name__}"
+            )
         self._data, self._task = data, pl_module
         if self.crossfit_teachers is not None and not self._fold_teachers:
             from structvpr.tasks.teacher import SegTeacher
@@ -222,26 +238,54 @@ class SampleWeighting(pl.Callback):
         else:
             task.set_sample_weights(chosen, weights)
         self.subepoch = dataset.subepoch
-        self.history.append({"subepoch": self.subepoch, "queries": queries.copy(), "image_ids": np.asarray(q_ids),
-                             "teacher_ranks": r_t.numpy(), "student_ranks": r_s.numpy(),
-                             "weights": weights.cpu().numpy()})  # fmt: skip
+        self.history.append(
+            {
+                "subepoch": self.subepoch,
+                "queries": queries.copy(),
+                "image_ids": np.asarray(q_ids),
+                "teacher_ranks": r_t.numpy(),
+                "student_ranks": r_s.numpy(),
+                "weights": weights.cpu().numpy(),
+            }
+        )
         self._log(trainer, r_t, r_s, weights.cpu(), len(database))
 
-    def _ranks(self, descriptors: Any, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
-               backend: Backend, exclude: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
+    def _ranks(
+        self,
+        descriptors: Any,
+        database: np.ndarray,
+        q_ids: np.ndarray,
+        dataset: TupleTable,
+        backend: Backend,
+        exclude: np.ndarray | None = None,
+    ) -> torch.Tensor:
         """Ranks of the queries ``q_ids`` over ``database`` (bank ids); ``descriptors(ids)`` encodes.
 
         ``exclude``: per query, a position in ``database`` left out of its list (``-1``: none).
         """
         desc = descriptors(np.concatenate([database, q_ids]))  # one request, one pass
         utm = dataset.utm
-        ranks, _ = first_positive_rank(desc[len(database) :], desc[: len(database)], self.max_rank,
-                                       query_utm=utm[q_ids], database_utm=utm[database], radius=self.radius,
-                                       backend=backend, exclude=exclude)  # fmt: skip
+        ranks, _ = first_positive_rank(
+            desc[len(database) :],
+            desc[: len(database)],
+            self.max_rank,
+            query_utm=utm[q_ids],
+            database_utm=utm[database],
+            radius=self.radius,
+            backend=backend,
+            exclude=exclude,
+        )
         return ranks.cpu()
 
-    def _teacher_ranks(self, task: DistillationTask, database: np.ndarray, q_ids: np.ndarray, dataset: TupleTable,
-                       backend: Backend, exclude: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
+    def _teacher_ranks(
+        self,
+        task: DistillationTask,
+        database: np.ndarray,
+        q_ids: np.ndarray,
+        dataset: TupleTable,
+        backend: Backend,
+        exclude: np.ndarray | None = None,
+    ) -> torch.Tensor:
         """``r_T`` of the queries ``q_ids`` over ``database``: the task's teacher, or each query's fold teacher."""
         if not self._fold_teachers:
             return self._ranks(task.banks["teacher"].descriptors, database, q_ids, dataset, backend, exclude)
@@ -254,31 +298,41 @@ class SampleWeighting(pl.Callback):
             members = np.flatnonzero(folds == k)
             if len(members):
                 encoder.to(getattr(task, "device", "cpu"))
-                fold_ranks = self._ranks(lambda ids, e=encoder: encode(ids, e), database,
-                                         np.asarray(q_ids)[members], dataset, backend)  # fmt: skip
+                fold_ranks = self._ranks(
+                    lambda ids, e=encoder: encode(ids, e), database, np.asarray(q_ids)[members], dataset, backend
+                )
                 ranks[torch.from_numpy(members)] = fold_ranks
         return ranks
 
-    def _global_teacher(self, task: DistillationTask, dataset: TupleTable, backend: Backend,
-                        trainer: pl.Trainer) -> torch.Tensor:  # fmt: skip
+    def _global_teacher(self, task: DistillationTask, dataset: TupleTable, backend: Backend, trainer: pl.Trainer) -> torch.Tensor:
         """``r_T`` of every training query over the whole training database (once: the teacher is frozen)."""
         n_db = dataset.num_database
         q_ids = dataset.query_image_index(np.arange(dataset.num_training_queries))
         ids = np.concatenate([np.arange(n_db), q_ids])
         dim = task.banks["teacher"].dim
-        check_memory(len(ids) * dim * 4, torch.device(getattr(task, "device", "cpu")), trainer,
-                     "teacher descriptors of every training image (SampleWeighting(ranks='global'))",
-                     "use SampleWeighting(ranks='subepoch'), which ranks over each sub-epoch's encoded set")  # fmt: skip
+        check_memory(
+            len(ids) * dim * 4,
+            torch.device(getattr(task, "device", "cpu")),
+            trainer,
+            "teacher descriptors of every training image (SampleWeighting(ranks='global'))",
+            "use SampleWeighting(ranks='subepoch'), which ranks over each sub-epoch's encoded set",
+        )
         if self._fold_teachers:
             return self._teacher_ranks(task, np.arange(n_db), q_ids, dataset, backend)
         desc = task.banks["teacher"].encode(ids)
         utm = dataset.utm
-        ranks, _ = first_positive_rank(desc[n_db:], desc[:n_db], self.max_rank, query_utm=utm[q_ids],
-                                       database_utm=utm[:n_db], radius=self.radius, backend=backend)  # fmt: skip
+        ranks, _ = first_positive_rank(
+            desc[n_db:],
+            desc[:n_db],
+            self.max_rank,
+            query_utm=utm[q_ids],
+            database_utm=utm[:n_db],
+            radius=self.radius,
+            backend=backend,
+        )
         return ranks.cpu()
 
-    def _log(self, trainer: pl.Trainer, r_t: torch.Tensor, r_s: torch.Tensor, w: torch.Tensor,
-             database_size: int) -> None:  # fmt: skip
+    def _log(self, trainer: pl.Trainer, r_t: torch.Tensor, r_s: torch.Tensor, w: torch.Tensor, database_size: int) -> None:
         groups = partition(r_t, r_s, self.tau)
         stats: dict[str, float] = {}
         for g, name in enumerate(GROUP_NAMES):
@@ -295,8 +349,12 @@ class SampleWeighting(pl.Callback):
             _log_histogram(logger, "weighting/weights", w, trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher_ranks": self.teacher_ranks, "student_ranks": self.student_ranks, "subepoch": self.subepoch,
-                "global_teacher_ranks": self._global_teacher_ranks}  # fmt: skip
+        return {
+            "teacher_ranks": self.teacher_ranks,
+            "student_ranks": self.student_ranks,
+            "subepoch": self.subepoch,
+            "global_teacher_ranks": self._global_teacher_ranks,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.teacher_ranks = state_dict["teacher_ranks"]

@@ -6,6 +6,14 @@ from structvpr.data.labels import ClassGrouping, LabelMapError, cityscapes_group
 from structvpr.data.vg import DatasetLayoutError, read_split
 
 __all__ = [
-    "ClassGrouping", "DatasetLayoutError", "ImageDataset", "ImageReadError", "LabelMapError",
-    "TripletDataset", "VPRDataModule", "cityscapes_grouping", "joint_transform", "read_split",
-]  # fmt: skip
+    "ClassGrouping",
+    "DatasetLayoutError",
+    "ImageDataset",
+    "ImageReadError",
+    "LabelMapError",
+    "TripletDataset",
+    "VPRDataModule",
+    "cityscapes_grouping",
+    "joint_transform",
+    "read_split",
+]

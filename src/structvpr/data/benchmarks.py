@@ -27,9 +27,30 @@ from structvpr.data.formats import (
 from structvpr.data.vg import DatasetLayoutError, ImageRecord
 
 #: The 22 MSLS training cities.
-MSLS_TRAIN_CITIES = ("trondheim", "london", "boston", "melbourne", "amsterdam", "helsinki", "tokyo", "toronto",
-                     "saopaulo", "moscow", "zurich", "paris", "bangkok", "budapest", "austin", "berlin", "ottawa",
-                     "phoenix", "goa", "amman", "nairobi", "manila")  # fmt: skip
+MSLS_TRAIN_CITIES = (
+    "trondheim",
+    "london",
+    "boston",
+    "melbourne",
+    "amsterdam",
+    "helsinki",
+    "tokyo",
+    "toronto",
+    "saopaulo",
+    "moscow",
+    "zurich",
+    "paris",
+    "bangkok",
+    "budapest",
+    "austin",
+    "berlin",
+    "ottawa",
+    "phoenix",
+    "goa",
+    "amman",
+    "nairobi",
+    "manila",
+)
 #: The two MSLS validation cities.
 MSLS_VAL_CITIES = ("cph", "sf")
 #: Added to a city's easting (times its position in the city list) when several cities are
@@ -91,9 +112,13 @@ def nordland(root: str | Path) -> SplitManifest:
     ``dataset_gt_files/nordland.npz``: both coordinates are the frame index and posDistThr is
     10, so frames within 10 / sqrt(2) = 7.07 count, 15 per query)."""  # noqa: D205
     root = Path(root)
-    return read_patchnetvlad(root, root / "dataset_imagenames/nordland_imageNames_index.txt",
-                             root / "dataset_imagenames/nordland_imageNames_query.txt",
-                             root / "dataset_gt_files/nordland.npz", name="nordland")  # fmt: skip
+    return read_patchnetvlad(
+        root,
+        root / "dataset_imagenames/nordland_imageNames_index.txt",
+        root / "dataset_imagenames/nordland_imageNames_query.txt",
+        root / "dataset_gt_files/nordland.npz",
+        name="nordland",
+    )
 
 
 def nordland_vg(root: str | Path) -> SplitManifest:
@@ -112,8 +137,14 @@ def nordland_vprbench(root: str | Path, gt_dir: str | Path | None = None, allow_
     you trust.
     """  # noqa: D205
     gt = Path(gt_dir) if gt_dir is not None else Path(root)
-    return read_npy_gt(root, gt / "Nordland_dbImages.npy", gt / "Nordland_qImages.npy", gt / "Nordland_gt.npy",
-                       allow_pickle=allow_pickle, name="nordland_vprbench")  # fmt: skip
+    return read_npy_gt(
+        root,
+        gt / "Nordland_dbImages.npy",
+        gt / "Nordland_qImages.npy",
+        gt / "Nordland_gt.npy",
+        allow_pickle=allow_pickle,
+        name="nordland_vprbench",
+    )
 
 
 # -- validation sets ------------------------------------------------------------------------------
@@ -146,8 +177,7 @@ def _msls_cities_apart(root: str | Path, cities: list[str], name: str, subtask: 
     parts = [read_msls(root, [city], name=name, subtask=subtask) for city in cities]
 
     def shifted(records: list[ImageRecord], k: int) -> list[ImageRecord]:
-        return [ImageRecord(r.path, (r.utm[0] + k * CITY_OFFSET_M, r.utm[1]), r.label_path, r.note, r.pano_id)
-                for r in records]  # fmt: skip
+        return [ImageRecord(r.path, (r.utm[0] + k * CITY_OFFSET_M, r.utm[1]), r.label_path, r.note, r.pano_id) for r in records]
 
     database = [r for k, m in enumerate(parts) for r in shifted(m.database, k)]
     queries = [r for k, m in enumerate(parts) for r in shifted(m.queries, k)]

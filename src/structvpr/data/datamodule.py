@@ -119,20 +119,40 @@ class VPRDataModule(pl.LightningDataModule):
             ``{"msls_train": {"cities": ["london", "boston"]}}``.
     """
 
-    def __init__(self, root: str = "data/synthetic-demo", image_size: tuple[int, int] = (64, 128),
-                 batch_size: int = 8, eval_batch_size: int = 64, num_negatives: int = 4,
-                 num_workers: int = 0, train_pos_radius: float = 10.0, train_neg_radius: float = 25.0,
-                 eval_radius: float = 25.0, with_labels: bool = True, grouping: str = "cityscapes",
-                 augment: bool = True, crop_scale: float | None = None, cache_queries: int | None = None,
-                 synthetic_preset: str | None = "demo", synthetic_seed: int = 0,
-                 synthetic_label_noise: float | None = None, seed: int = 0,
-                 predict_database: str | list[str] | None = None, predict_queries: str | list[str] | None = None,
-                 predict_keep_panoramas: bool = False, predict_skip_bad_images: bool = False,
-                 cache_images: bool = False, val_split: str = "val", test_split: str = "test",
-                 test_benchmark: str | None = None, train_benchmark: str | None = None,
-                 val_benchmark: str | None = None,
-                 benchmark_options: dict[str, dict[str, Any]] | None = None, query_folds: int = 1,
-                 held_out_fold: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str = "data/synthetic-demo",
+        image_size: tuple[int, int] = (64, 128),
+        batch_size: int = 8,
+        eval_batch_size: int = 64,
+        num_negatives: int = 4,
+        num_workers: int = 0,
+        train_pos_radius: float = 10.0,
+        train_neg_radius: float = 25.0,
+        eval_radius: float = 25.0,
+        with_labels: bool = True,
+        grouping: str = "cityscapes",
+        augment: bool = True,
+        crop_scale: float | None = None,
+        cache_queries: int | None = None,
+        synthetic_preset: str | None = "demo",
+        synthetic_seed: int = 0,
+        synthetic_label_noise: float | None = None,
+        seed: int = 0,
+        predict_database: str | list[str] | None = None,
+        predict_queries: str | list[str] | None = None,
+        predict_keep_panoramas: bool = False,
+        predict_skip_bad_images: bool = False,
+        cache_images: bool = False,
+        val_split: str = "val",
+        test_split: str = "test",
+        test_benchmark: str | None = None,
+        train_benchmark: str | None = None,
+        val_benchmark: str | None = None,
+        benchmark_options: dict[str, dict[str, Any]] | None = None,
+        query_folds: int = 1,
+        held_out_fold: int | None = None,
+    ) -> None:
         super().__init__()
         if query_folds < 1:
             raise ValueError(f"query_folds must be >= 1, got {query_folds}")
@@ -151,9 +171,11 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if synthetic_preset is not None and synthetic_preset not in synthetic.PRESETS:
             raise ValueError(f"synthetic_preset must be one of {sorted(synthetic.PRESETS)}, got {synthetic_preset!r}")
-        for arg, bench, allowed in (("test_benchmark", test_benchmark, VALIDATION_SPLITS),
-                                    ("val_benchmark", val_benchmark, VALIDATION_SPLITS),
-                                    ("train_benchmark", train_benchmark, TRAINING_SPLITS)):  # fmt: skip
+        for arg, bench, allowed in (
+            ("test_benchmark", test_benchmark, VALIDATION_SPLITS),
+            ("val_benchmark", val_benchmark, VALIDATION_SPLITS),
+            ("train_benchmark", train_benchmark, TRAINING_SPLITS),
+        ):
             if bench is not None and bench not in allowed:
                 raise ValueError(f"{arg} must be one of {sorted(allowed)}, got {bench!r}")
         used = {name for name in (test_benchmark, val_benchmark, train_benchmark) if name is not None}
@@ -204,16 +226,28 @@ class VPRDataModule(pl.LightningDataModule):
     def _split(self, split: str, labels: bool | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
         """Database and query records of a VG split folder (label maps required when ``labels``)."""
         labels = self.hp.with_labels if labels is None else labels
-        return (read_split(self.root, split, "database", require_labels=labels),
-                read_split(self.root, split, "queries", require_labels=labels))  # fmt: skip
+        return (
+            read_split(self.root, split, "database", require_labels=labels),
+            read_split(self.root, split, "queries", require_labels=labels),
+        )
 
-    def _dataset(self, database: list[ImageRecord], queries: list[ImageRecord], train_transform: bool = False,
-                 share: ImageDataset | None = None, labels: bool | None = None,
-                 name: str = "training set") -> ImageDataset:  # fmt: skip
+    def _dataset(
+        self,
+        database: list[ImageRecord],
+        queries: list[ImageRecord],
+        train_transform: bool = False,
+        share: ImageDataset | None = None,
+        labels: bool | None = None,
+        name: str = "training set",
+    ) -> ImageDataset:
         hp = self.hp
         labels = hp.with_labels if labels is None else labels
-        transform = joint_transform(self.image_size, train=train_transform, photometric=hp.augment,  # type: ignore[arg-type]
-                                    crop_scale=hp.crop_scale)  # fmt: skip
+        transform = joint_transform(
+            self.image_size,  # type: ignore[arg-type]
+            train=train_transform,
+            photometric=hp.augment,
+            crop_scale=hp.crop_scale,
+        )
         dataset = ImageDataset(database, queries, transform, self.grouping, labels)
         if share is not None:  # same files, other transform: reuse the decoded cache
             dataset._cache = share._cache
@@ -263,11 +297,15 @@ class VPRDataModule(pl.LightningDataModule):
             if hp.held_out_fold is not None:
                 queries = self._without_fold(queries, hp.query_folds, hp.held_out_fold)
             self.train_images = self._dataset(database, queries)
-            bank = self._dataset(self.train_images.records[: self.train_images.num_database],
-                                 self.train_images.records[self.train_images.num_database :],
-                                 train_transform=True, share=self.train_images)  # fmt: skip
-            self.train_dataset = TripletDataset(bank, hp.num_negatives, hp.train_pos_radius,
-                                                hp.train_neg_radius, hp.seed, hp.cache_queries)  # fmt: skip
+            bank = self._dataset(
+                self.train_images.records[: self.train_images.num_database],
+                self.train_images.records[self.train_images.num_database :],
+                train_transform=True,
+                share=self.train_images,
+            )
+            self.train_dataset = TripletDataset(
+                bank, hp.num_negatives, hp.train_pos_radius, hp.train_neg_radius, hp.seed, hp.cache_queries
+            )
         # Outside fit an RGB model is evaluated without label maps, so RGB-only folders need none.
         eval_labels = None if stage in ("fit", None) else bool(hp.with_labels) and self._model_reads_labels()
         if stage in ("fit", "validate", None) and self.val_dataset is None:
@@ -277,12 +315,14 @@ class VPRDataModule(pl.LightningDataModule):
         if stage == "predict" and self.predict_dataset is None:
             if hp.predict_database is not None:
                 transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
-                folders = FolderDataset.from_folders(hp.predict_database, hp.predict_queries, transform,
-                                                     keep_panoramas=hp.predict_keep_panoramas)  # fmt: skip
+                folders = FolderDataset.from_folders(
+                    hp.predict_database, hp.predict_queries, transform, keep_panoramas=hp.predict_keep_panoramas
+                )
                 bad = verify_files([str(p) for p in folders.paths], "image", what="images to predict")
                 if bad and not hp.predict_skip_bad_images:
-                    raise ImageReadError(f"predict: {bad_images_message(bad)}\n(set data.init_args."
-                                         "predict_skip_bad_images=true to leave them out)")  # fmt: skip
+                    raise ImageReadError(
+                        f"predict: {bad_images_message(bad)}\n(set data.init_args.predict_skip_bad_images=true to leave them out)"
+                    )
                 if bad:
                     warnings.warn(f"predict leaves out {bad_images_message(bad, shown=len(bad))}", stacklevel=2)
                     skip = {path for path, _ in bad}
@@ -302,8 +342,9 @@ class VPRDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader[Any]:
         workers = self.hp.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, drop_last=False)  # fmt: skip
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0, drop_last=False
+        )
 
     def train_dataloader(self) -> DataLoader[Any]:
         if self.train_dataset is None:
@@ -311,8 +352,13 @@ class VPRDataModule(pl.LightningDataModule):
         workers = self.hp.num_workers
         # Shuffled per sub-epoch by (seed, sub-epoch) and augmented per item by (seed, sub-epoch,
         # row): training resumed at a sub-epoch boundary repeats the uninterrupted run exactly.
-        return DataLoader(self.train_dataset, batch_size=self.hp.batch_size, sampler=SubEpochSampler(self.train_dataset),
-                          num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.hp.batch_size,
+            sampler=SubEpochSampler(self.train_dataset),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     def _eval_loader(self, dataset: ImageDataset, limit: Any) -> DataLoader[Any]:
         if limit is None or limit == 1.0:
@@ -320,8 +366,13 @@ class VPRDataModule(pl.LightningDataModule):
         # A limited run takes the first batches: interleave database and queries so that those
         # batches hold both in proportion (listed database first, they would hold no query).
         workers = self.hp.num_workers
-        return DataLoader(dataset, batch_size=self.hp.eval_batch_size, sampler=interleaved_order(dataset),
-                          num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+        return DataLoader(
+            dataset,
+            batch_size=self.hp.eval_batch_size,
+            sampler=interleaved_order(dataset),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     def _limit(self, name: str) -> Any:
         trainer = getattr(self, "trainer", None)
@@ -342,8 +393,7 @@ class VPRDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup('predict') first")
         return self._loader(self.predict_dataset, self.hp.eval_batch_size, shuffle=False)
 
-    def train_images_dataloader(self, ids: Sequence[int] | np.ndarray | None = None,
-                                key: str = "image") -> DataLoader[Any]:  # fmt: skip
+    def train_images_dataloader(self, ids: Sequence[int] | np.ndarray | None = None, key: str = "image") -> DataLoader[Any]:
         """Training images (database then queries), un-augmented, for encoding passes.
 
         Args:
@@ -358,6 +408,6 @@ class VPRDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup('fit') first")
         ids = np.arange(len(self.train_images)) if ids is None else np.asarray(ids, dtype=np.int64)
         workers = self.hp.num_workers if len(ids) > self.hp.eval_batch_size else 0
-        return DataLoader(EncodingView(self.train_images, ids, key), batch_size=self.hp.eval_batch_size,
-                          shuffle=False, num_workers=workers)  # fmt: skip
-
+        return DataLoader(
+            EncodingView(self.train_images, ids, key), batch_size=self.hp.eval_batch_size, shuffle=False, num_workers=workers
+        )

@@ -67,8 +67,9 @@ def bad_images_message(bad: list[tuple[str, str]], shown: int = 10, kind: str = 
     return f"{len(bad)} unreadable {kind}(s):\n  " + "\n  ".join(f"{p}: {why}" for p, why in bad[:shown]) + more
 
 
-def joint_transform(image_size: tuple[int, int], train: bool, photometric: bool = True,
-                    crop_scale: float | None = None) -> v2.Compose:  # fmt: skip
+def joint_transform(
+    image_size: tuple[int, int], train: bool, photometric: bool = True, crop_scale: float | None = None
+) -> v2.Compose:
     """Transforms applied to a ``tv_tensors.Image`` and ``tv_tensors.Mask`` together.
 
     Evaluation resizes the full frame to ``image_size``. Training does the same by default,
@@ -99,8 +100,7 @@ def joint_transform(image_size: tuple[int, int], train: bool, photometric: bool 
 def is_geometric(transform: Any) -> bool:
     """Whether a joint transform moves pixels at random (so the same image gives other views)."""
     steps = getattr(transform, "transforms", [transform])
-    return any(isinstance(t, (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine))
-               for t in steps)
+    return any(isinstance(t, (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine)) for t in steps)
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
@@ -122,9 +122,14 @@ class ImageDataset(Dataset[dict[str, Any]]):
         with_labels: Load and encode label maps.
     """
 
-    def __init__(self, database: Sequence[ImageRecord], queries: Sequence[ImageRecord],
-                 transform: Callable[..., Any], grouping: ClassGrouping | None = None,
-                 with_labels: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        database: Sequence[ImageRecord],
+        queries: Sequence[ImageRecord],
+        transform: Callable[..., Any],
+        grouping: ClassGrouping | None = None,
+        with_labels: bool = False,
+    ) -> None:
         self.records = list(database) + list(queries)
         self.num_database = len(database)
         self.num_queries = len(queries)
@@ -197,8 +202,7 @@ class ImageDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, label = self.load(i)
-        item = {"image": image.as_subclass(torch.Tensor), "index": i, "utm": self.utm[i],
-                "is_query": i >= self.num_database}  # fmt: skip
+        item = {"image": image.as_subclass(torch.Tensor), "index": i, "utm": self.utm[i], "is_query": i >= self.num_database}
         if label is not None:
             item["label"] = label
         return item
@@ -239,8 +243,13 @@ class FolderDataset(Dataset[dict[str, Any]]):
         self.transform = transform
 
     @classmethod
-    def from_folders(cls, database: str | Path | Sequence[str | Path], queries: str | Path | Sequence[str | Path],
-                     transform: Callable[..., Any], keep_panoramas: bool = False) -> FolderDataset:  # fmt: skip
+    def from_folders(
+        cls,
+        database: str | Path | Sequence[str | Path],
+        queries: str | Path | Sequence[str | Path],
+        transform: Callable[..., Any],
+        keep_panoramas: bool = False,
+    ) -> FolderDataset:
         """Every image under each folder (or list of folders, in the given order), sorted per folder.
 
         An empty or missing folder is an error naming it. In MSLS folders (``.../images`` beside
@@ -261,8 +270,10 @@ class FolderDataset(Dataset[dict[str, Any]]):
                 dropped = [f for f in found if f.stem in panoramas]
                 if dropped:
                     action = "kept (keep_panoramas)" if keep_panoramas else "dropped, as the official evaluation does"
-                    warnings.warn(f"{folder}: {len(dropped)} of {len(found)} images are panoramas in "
-                                  f"{folder.parent / 'raw.csv'}: {action}", stacklevel=2)  # fmt: skip
+                    warnings.warn(
+                        f"{folder}: {len(dropped)} of {len(found)} images are panoramas in {folder.parent / 'raw.csv'}: {action}",
+                        stacklevel=2,
+                    )
                     if not keep_panoramas:
                         found = [f for f in found if f.stem not in panoramas]
                 files += found
@@ -274,8 +285,7 @@ class FolderDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = tv_tensors.Image(torch.from_numpy(load_rgb(self.paths[i])).permute(2, 0, 1))
-        return {"image": self.transform(image).as_subclass(torch.Tensor), "index": i,
-                "is_query": i >= self.num_database}  # fmt: skip
+        return {"image": self.transform(image).as_subclass(torch.Tensor), "index": i, "is_query": i >= self.num_database}
 
 
 def query_fold(query_index: int | np.ndarray, folds: int) -> Any:
@@ -354,8 +364,15 @@ class TripletDataset(Dataset[dict[str, Any]]):
         cache_queries: Queries per sub-epoch (None: all of them).
     """
 
-    def __init__(self, bank: ImageDataset, num_negatives: int = 4, pos_radius: float = 10.0,
-                 neg_radius: float = 25.0, seed: int = 0, cache_queries: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bank: ImageDataset,
+        num_negatives: int = 4,
+        pos_radius: float = 10.0,
+        neg_radius: float = 25.0,
+        seed: int = 0,
+        cache_queries: int | None = None,
+    ) -> None:
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         if not 0 < pos_radius <= neg_radius:
@@ -449,9 +466,15 @@ class TripletDataset(Dataset[dict[str, Any]]):
         negatives = np.stack([self.random_negatives(int(q), rng) for q in queries])
         self.set_tuples(k, queries, positives, negatives, mined=False)
 
-    def set_tuples(self, k: int, queries: np.ndarray, positives: np.ndarray | torch.Tensor,
-                   negatives: np.ndarray | torch.Tensor, mined: bool = True,
-                   database: np.ndarray | None = None) -> None:  # fmt: skip
+    def set_tuples(
+        self,
+        k: int,
+        queries: np.ndarray,
+        positives: np.ndarray | torch.Tensor,
+        negatives: np.ndarray | torch.Tensor,
+        mined: bool = True,
+        database: np.ndarray | None = None,
+    ) -> None:
         """Make sub-epoch ``k`` train on these tuples.
 
         Args:
@@ -468,8 +491,10 @@ class TripletDataset(Dataset[dict[str, Any]]):
         negatives = np.asarray(negatives, dtype=np.int64)
         size, m = self.cache_queries, self.num_negatives
         if queries.shape != (size,) or positives.shape != (size,) or negatives.shape != (size, m):
-            raise ValueError(f"a sub-epoch holds ({size},) queries and positives and ({size}, {m}) negatives, got "
-                             f"{queries.shape}, {positives.shape}, {negatives.shape}")
+            raise ValueError(
+                f"a sub-epoch holds ({size},) queries and positives and ({size}, {m}) negatives, got "
+                f"{queries.shape}, {positives.shape}, {negatives.shape}"
+            )
         for q, p, negs in zip(queries.tolist(), positives.tolist(), negatives, strict=True):
             if not _contains(self.positives[q], p):
                 raise ValueError(f"database image {p} is not a GPS positive of training query {q}")

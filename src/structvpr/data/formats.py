@@ -61,8 +61,13 @@ def _check_files(records: list[ImageRecord], source: Path) -> None:
 
 
 # -- Pittsburgh / Tokyo .mat dbStruct -----------------------------------------------------------
-def read_mat_dbstruct(root: str | Path, mat_path: str | Path, fields: dict[str, int] | None = None,
-                      query_dir: str = "queries_real", name: str | None = None) -> SplitManifest:  # fmt: skip
+def read_mat_dbstruct(
+    root: str | Path,
+    mat_path: str | Path,
+    fields: dict[str, int] | None = None,
+    query_dir: str = "queries_real",
+    name: str | None = None,
+) -> SplitManifest:
     """Read a NetVLAD ``dbStruct`` ``.mat`` file (Pittsburgh 30k/250k, Tokyo).
 
     Args:
@@ -100,8 +105,9 @@ def read_mat_dbstruct(root: str | Path, mat_path: str | Path, fields: dict[str, 
     database = [_record(root, n, u) for n, u in zip(db_names, db_utm)]
     queries = [_record(root, Path(query_dir) / n, u) for n, u in zip(q_names, q_utm)]
     _check_files(database + queries, mat_path)
-    return SplitManifest(name or mat_path.stem, root, database, queries, radius,
-                         notes=[f"{mat_path.name}: positives within {radius:g} m"])  # fmt: skip
+    return SplitManifest(
+        name or mat_path.stem, root, database, queries, radius, notes=[f"{mat_path.name}: positives within {radius:g} m"]
+    )
 
 
 # -- MSLS native ----------------------------------------------------------------------------------
@@ -117,9 +123,11 @@ def _true(value: object) -> bool:
 def _subtask_rows(path: Path, subtask: str) -> list[bool]:
     """Row ``i`` of ``subtask_index.csv``: whether image ``i`` (same row of ``postprocessed.csv``) is in ``subtask``."""
     if not path.is_file():
-        raise DatasetLayoutError(f"{path}: missing; the official MSLS val protocol keeps only the rows whose "
-                                 f"'{subtask}' column is true (benchmark_options "
-                                 '{"msls_val": {"subtask": null}} reads every image instead)')  # fmt: skip
+        raise DatasetLayoutError(
+            f"{path}: missing; the official MSLS val protocol keeps only the rows whose "
+            f"'{subtask}' column is true (benchmark_options "
+            '{"msls_val": {"subtask": null}} reads every image instead)'
+        )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if subtask not in (reader.fieldnames or []):
@@ -127,8 +135,14 @@ def _subtask_rows(path: Path, subtask: str) -> list[bool]:
         return [_true(row[subtask]) for row in reader]
 
 
-def read_msls(root: str | Path, cities: list[str], subset: str = "train_val", exclude_panoramas: bool = True,
-              name: str = "msls", subtask: str | None = None) -> SplitManifest:  # fmt: skip
+def read_msls(
+    root: str | Path,
+    cities: list[str],
+    subset: str = "train_val",
+    exclude_panoramas: bool = True,
+    name: str = "msls",
+    subtask: str | None = None,
+) -> SplitManifest:
     """Read MSLS in its native layout: ``<subset>/<city>/{query,database}/images/<key>.jpg``.
 
     Coordinates come from ``postprocessed.csv`` (easting, northing); ``raw.csv``'s ``pano``
@@ -168,17 +182,30 @@ def read_msls(root: str | Path, cities: list[str], subset: str = "train_val", ex
                         dropped += 1
                         continue
                     night = "night" if str(row.get("night", "")).strip().lower() in ("true", "1") else "day"
-                    out.append(_record(root, Path(subset) / city / role / "images" / f"{key}.jpg", (east, north),
-                                       f"{night}_{row.get('view_direction', '')}_{city}".lower()))  # fmt: skip
+                    out.append(
+                        _record(
+                            root,
+                            Path(subset) / city / role / "images" / f"{key}.jpg",
+                            (east, north),
+                            f"{night}_{row.get('view_direction', '')}_{city}".lower(),
+                        )
+                    )
     _check_files(database + queries, root / subset)
     chosen = "" if subtask is None else f"subtask '{subtask}' ({outside} images outside it dropped); "
-    return SplitManifest(name, root, database, queries, 25.0,
-                         notes=[f"cities {cities}; {chosen}{dropped} panoramas excluded; positives within 25 m"])  # fmt: skip
+    return SplitManifest(
+        name,
+        root,
+        database,
+        queries,
+        25.0,
+        notes=[f"cities {cities}; {chosen}{dropped} panoramas excluded; positives within 25 m"],
+    )
 
 
 # -- Patch-NetVLAD lists + npz ---------------------------------------------------------------------
-def read_patchnetvlad(root: str | Path, index_list: str | Path, query_list: str | Path, npz_path: str | Path,
-                      name: str | None = None) -> SplitManifest:  # fmt: skip
+def read_patchnetvlad(
+    root: str | Path, index_list: str | Path, query_list: str | Path, npz_path: str | Path, name: str | None = None
+) -> SplitManifest:
     """Read ``dataset_imagenames/*_imageNames_{index,query}.txt`` with ``dataset_gt_files/*.npz``.
 
     The npz holds ``utmDb`` (N x 2), ``utmQ`` (M x 2) and ``posDistThr``: metres for
@@ -204,14 +231,26 @@ def read_patchnetvlad(root: str | Path, index_list: str | Path, query_list: str 
     database = [_record(root, n, u) for n, u in zip(lists[0], db_utm)]
     queries = [_record(root, n, u) for n, u in zip(lists[1], q_utm)]
     _check_files(database + queries, Path(index_list))
-    return SplitManifest(name or npz_path.stem, root, database, queries, radius,
-                         notes=[f"{npz_path.name}: positives within {radius:g} (posDistThr)"])  # fmt: skip
+    return SplitManifest(
+        name or npz_path.stem,
+        root,
+        database,
+        queries,
+        radius,
+        notes=[f"{npz_path.name}: positives within {radius:g} (posDistThr)"],
+    )
 
 
 # -- hard-coded GT .npy (gsv-cities / MixVPR / OpenVPRLab) ----------------------------------------
-def read_npy_gt(root: str | Path, db_npy: str | Path, q_npy: str | Path, gt_npy: str | Path,
-                q_idx_npy: str | Path | None = None, allow_pickle: bool = False,
-                name: str | None = None) -> SplitManifest:  # fmt: skip
+def read_npy_gt(
+    root: str | Path,
+    db_npy: str | Path,
+    q_npy: str | Path,
+    gt_npy: str | Path,
+    q_idx_npy: str | Path | None = None,
+    allow_pickle: bool = False,
+    name: str | None = None,
+) -> SplitManifest:
     """Read ``<name>_dbImages.npy``, ``<name>_qImages.npy`` and a per-query positives ``.npy``.
 
     The ground truth is an object array (one index array per query), which numpy can only
@@ -247,8 +286,14 @@ def read_npy_gt(root: str | Path, db_npy: str | Path, q_npy: str | Path, gt_npy:
     database = [_record(root, n, (0.0, 0.0)) for n in names["db"]]
     queries = [_record(root, n, (0.0, 0.0)) for n in query_names]
     _check_files(database + queries, Path(db_npy))
-    return SplitManifest(name or Path(gt_npy).stem, root, database, queries, positives=positives,
-                         notes=[f"{Path(gt_npy).name}: precomputed positives"])  # fmt: skip
+    return SplitManifest(
+        name or Path(gt_npy).stem,
+        root,
+        database,
+        queries,
+        positives=positives,
+        notes=[f"{Path(gt_npy).name}: precomputed positives"],
+    )
 
 
 # -- GSV-Cities -----------------------------------------------------------------------------------
@@ -281,8 +326,10 @@ def read_gsv_cities(root: str | Path, cities: list[str], min_images: int = 4) ->
         for line, row in enumerate(rows, start=2):
             try:
                 pid = int(row["place_id"])
-                name = (f"{city}_{pid:07d}_{int(row['year']):04d}_{int(row['month']):02d}_"
-                        f"{int(row['northdeg']):03d}_{row['lat']}_{row['lon']}_{row['panoid']}.jpg")  # fmt: skip
+                name = (
+                    f"{city}_{pid:07d}_{int(row['year']):04d}_{int(row['month']):02d}_"
+                    f"{int(row['northdeg']):03d}_{row['lat']}_{row['lon']}_{row['panoid']}.jpg"
+                )
                 item = PlaceImage(root / "Images" / city / name, ci * 100000 + pid, float(row["lat"]), float(row["lon"]))
             except (KeyError, ValueError) as err:
                 raise DatasetLayoutError(f"{table}:{line}: bad row ({err})") from err
@@ -300,6 +347,11 @@ def read_gsv_cities(root: str | Path, cities: list[str], min_images: int = 4) ->
 def read_vg(root: str | Path, split: str = "test", radius: float = 25.0, name: str | None = None) -> SplitManifest:
     """Read a split of the VG ``@`` folder format (see :mod:`structvpr.data.vg`)."""
     root = Path(root)
-    return SplitManifest(name or f"{root.name}_{split}", root, read_split(root, split, "database"),
-                         read_split(root, split, "queries"), radius,
-                         notes=[f"VG folder format, positives within {radius:g} m"])  # fmt: skip
+    return SplitManifest(
+        name or f"{root.name}_{split}",
+        root,
+        read_split(root, split, "database"),
+        read_split(root, split, "queries"),
+        radius,
+        notes=[f"VG folder format, positives within {radius:g} m"],
+    )

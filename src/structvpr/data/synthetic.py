@@ -161,22 +161,41 @@ def _make_street(rng: np.random.Generator, length: float, origin: tuple[float, f
     b_roof = np.where(rng.random(n) < 0.3, rng.uniform(1.0, 3.5, n), 0.0)
     n_trees = rng.poisson((length + 2 * margin) / 14.0)
     trees = np.stack(
-        [rng.uniform(-margin, length + margin, n_trees), rng.uniform(4.0, 7.5, n_trees),
-         rng.uniform(1.5, 3.5, n_trees), rng.uniform(1.5, 3.0, n_trees)], axis=1,
-    )  # fmt: skip
+        [
+            rng.uniform(-margin, length + margin, n_trees),
+            rng.uniform(4.0, 7.5, n_trees),
+            rng.uniform(1.5, 3.5, n_trees),
+            rng.uniform(1.5, 3.0, n_trees),
+        ],
+        axis=1,
+    )
     n_poles = rng.poisson((length + 2 * margin) / 18.0)
     poles = np.stack(
-        [rng.uniform(-margin, length + margin, n_poles), rng.uniform(5.0, 8.5, n_poles),
-         rng.choice(3, n_poles, p=[0.5, 0.3, 0.2]).astype(float)], axis=1,
-    )  # fmt: skip
+        [
+            rng.uniform(-margin, length + margin, n_poles),
+            rng.uniform(5.0, 8.5, n_poles),
+            rng.choice(3, n_poles, p=[0.5, 0.3, 0.2]).astype(float),
+        ],
+        axis=1,
+    )
     kerb_x = np.arange(-margin, length + margin, 10.0) + rng.uniform(0, 10.0)
     return Street(
-        b_start=np.array(starts), b_end=np.array(ends), b_height=b_height, b_roof=b_roof,
-        b_colour=rng.integers(0, len(_FACADE_PALETTE), n), b_win_dx=rng.uniform(1.8, 3.2, n),
-        b_win_dz=rng.uniform(2.6, 3.4, n), gap_kind=rng.choice(4, n, p=[0.25, 0.3, 0.25, 0.2]),
-        gap_height=rng.uniform(1.2, 3.0, n), trees=trees, poles=poles, kerb_x=kerb_x,
-        kerb_w=rng.integers(2, 6, len(kerb_x)), origin=origin, heading=rng.uniform(0, np.pi),
-    )  # fmt: skip
+        b_start=np.array(starts),
+        b_end=np.array(ends),
+        b_height=b_height,
+        b_roof=b_roof,
+        b_colour=rng.integers(0, len(_FACADE_PALETTE), n),
+        b_win_dx=rng.uniform(1.8, 3.2, n),
+        b_win_dz=rng.uniform(2.6, 3.4, n),
+        gap_kind=rng.choice(4, n, p=[0.25, 0.3, 0.25, 0.2]),
+        gap_height=rng.uniform(1.2, 3.0, n),
+        trees=trees,
+        poles=poles,
+        kerb_x=kerb_x,
+        kerb_w=rng.integers(2, 6, len(kerb_x)),
+        origin=origin,
+        heading=rng.uniform(0, np.pi),
+    )
 
 
 @dataclass
@@ -229,8 +248,9 @@ class _Canvas:
         self.depth[mask] = depth
 
 
-def _render(street: Street, x_cam: float, cond: Condition, spec: WorldSpec, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _render(
+    street: Street, x_cam: float, cond: Condition, spec: WorldSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     h, w = spec.image_size
     m_per_px = spec.view_width_m / w
     base_row = 0.74 * h + rng.normal(0, 0.03 * h)
@@ -393,8 +413,14 @@ def vg_name(east: float, north: float, pano: str, note: str, ext: str = ".png") 
     return f"@{east:010.2f}@{north:010.2f}@17@T@@@{pano}@@@@@@@{note}@{ext}"
 
 
-def generate(root: str | Path, preset: str = "demo", seed: int = 0, label_noise: float | None = None,
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def generate(
+    root: str | Path,
+    preset: str = "demo",
+    seed: int = 0,
+    label_noise: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Generate a world under ``root`` and return its manifest.
 
     Writes into a temporary sibling folder and renames it into place at the end, so an
@@ -463,18 +489,27 @@ def _write_world(out: Path, spec: WorldSpec, preset: str, seed: int, progress: b
                 name = vg_name(east, north, f"{split}{role[0]}{i:05d}", cond.note())
                 Image.fromarray(rgb).save(out / "images" / split / role / name)
                 Image.fromarray(label).save(out / "labels" / split / role / name)
-                images.append({
-                    "path": f"images/{split}/{role}/{name}", "split": split, "role": role,
-                    "route_x": round(float(x), 3), "condition": asdict(cond), "label_corruption": corruption,
-                })  # fmt: skip
+                images.append(
+                    {
+                        "path": f"images/{split}/{role}/{name}",
+                        "split": split,
+                        "role": role,
+                        "route_x": round(float(x), 3),
+                        "condition": asdict(cond),
+                        "label_corruption": corruption,
+                    }
+                )
         if progress:
             print(f"  {split}: {counts[split]['database']} database, {counts[split]['queries']} queries")
     counts["total"] = len(images)
     return {
-        "format": "structvpr-synthetic/1", "seed": seed, "preset": preset,
+        "format": "structvpr-synthetic/1",
+        "seed": seed,
+        "preset": preset,
         "spec": {**asdict(spec), "splits": {k: asdict(v) for k, v in spec.splits.items()}},
-        "counts": counts, "images": images,
-    }  # fmt: skip
+        "counts": counts,
+        "images": images,
+    }
 
 
 def _contact_sheet(root: Path, manifest: dict[str, Any], places: int = 6) -> Image.Image:
@@ -496,14 +531,18 @@ def _contact_sheet(root: Path, manifest: dict[str, Any], places: int = 6) -> Ima
 
 def summary(manifest: dict[str, Any]) -> str:
     """A few lines describing a generated world: counts, conditions and label corruptions."""
-    lines = [f"synthetic world: preset {manifest['preset']}, seed {manifest['seed']}, "
-             f"label noise {manifest['spec']['label_noise']}, {manifest['counts']['total']} images"]  # fmt: skip
+    lines = [
+        f"synthetic world: preset {manifest['preset']}, seed {manifest['seed']}, "
+        f"label noise {manifest['spec']['label_noise']}, {manifest['counts']['total']} images"
+    ]
     for split in SPLITS:
         for role in ROLES:
             items = [m for m in manifest["images"] if m["split"] == split and m["role"] == role]
             light = {k: sum(m["condition"]["illumination"] == k for m in items) for k in ("day", "dusk", "night")}
             fog = sum(m["condition"]["fog"] > 0 for m in items)
             bad = sum(m["label_corruption"] is not None for m in items)
-            lines.append(f"  {split:5s} {role:8s} {len(items):5d} images  day/dusk/night "
-                         f"{light['day']}/{light['dusk']}/{light['night']}  fog {fog}  corrupted labels {bad}")  # fmt: skip
+            lines.append(
+                f"  {split:5s} {role:8s} {len(items):5d} images  day/dusk/night "
+                f"{light['day']}/{light['dusk']}/{light['night']}  fog {fog}  corrupted labels {bad}"
+            )
     return "\n".join(lines)

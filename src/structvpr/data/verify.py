@@ -64,9 +64,15 @@ def _label_checker(grouping: ClassGrouping | None) -> Callable[[str], str | None
     return check
 
 
-def verify_files(paths: Sequence[str | Path], kind: Literal["image", "label"] = "image",
-                 grouping: ClassGrouping | None = None, workers: int | None = None, cache: bool = True,
-                 progress: bool | None = None, what: str = "files") -> list[tuple[str, str]]:  # fmt: skip
+def verify_files(
+    paths: Sequence[str | Path],
+    kind: Literal["image", "label"] = "image",
+    grouping: ClassGrouping | None = None,
+    workers: int | None = None,
+    cache: bool = True,
+    progress: bool | None = None,
+    what: str = "files",
+) -> list[tuple[str, str]]:
     """``(path, problem)`` for every file of ``paths`` that is missing or does not fully decode.
 
     Args:

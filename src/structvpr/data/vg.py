@@ -143,8 +143,9 @@ def read_split(root: str | Path, split: str, role: str, require_labels: bool = F
         if label is None and require_labels:
             expected = label_map_path(path, root)
             raise MissingLabelMapError(f"{path}: label map is missing (expected {expected})")
-        records.append(ImageRecord(path=path, utm=(name.east, name.north), label_path=label, note=name.note,
-                                   pano_id=name.pano_id))  # fmt: skip
+        records.append(
+            ImageRecord(path=path, utm=(name.east, name.north), label_path=label, note=name.note, pano_id=name.pano_id)
+        )
     if not records:
         raise DatasetLayoutError(f"{folder}: split {split}/{role} holds no images")
     return records

@@ -21,12 +21,18 @@ def _check_ns(ns: Sequence[int]) -> tuple[int, ...]:
 
 
 def first_positive_rank(
-    queries: torch.Tensor, database: torch.Tensor, max_rank: int, *,
-    query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
-    radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
-    backend: Backend = "auto", database_groups: Sequence[Any] | np.ndarray | None = None,
+    queries: torch.Tensor,
+    database: torch.Tensor,
+    max_rank: int,
+    *,
+    query_utm: torch.Tensor | np.ndarray | None = None,
+    database_utm: torch.Tensor | np.ndarray | None = None,
+    radius: float = 25.0,
+    positives: Sequence[Sequence[int] | np.ndarray] | None = None,
+    backend: Backend = "auto",
+    database_groups: Sequence[Any] | np.ndarray | None = None,
     exclude: torch.Tensor | np.ndarray | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank (1-based) of the first true positive among each query's retrieved database items.
 
     Positives are database items within ``radius`` of the query (from UTM coordinates) or
@@ -77,10 +83,17 @@ def first_positive_rank(
             raise ValueError(f"database_groups has {len(codes)} entries for {database.shape[0]} database items")
         # The max_rank-th distinct group lies within max_rank * (largest group) items.
         depth = max_rank * int(np.bincount(codes).max())
-        retrieved = torch.from_numpy(first_per_group(knn(queries, database, depth, backend=backend).cpu().numpy(),
-                                                     codes, max_rank))  # fmt: skip
-    hit, has_positive = hit_matrix(retrieved, query_utm=query_utm, database_utm=database_utm, radius=radius,
-                                   positives=positives, num_database=database.shape[0])  # fmt: skip
+        retrieved = torch.from_numpy(
+            first_per_group(knn(queries, database, depth, backend=backend).cpu().numpy(), codes, max_rank)
+        )
+    hit, has_positive = hit_matrix(
+        retrieved,
+        query_utm=query_utm,
+        database_utm=database_utm,
+        radius=radius,
+        positives=positives,
+        num_database=database.shape[0],
+    )
     k = retrieved.shape[1]
     ranks = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full((num_q,), max_rank + 1))
     # Fewer than max_rank database items: a miss is still max_rank + 1.
@@ -89,10 +102,14 @@ def first_positive_rank(
 
 
 def hit_matrix(
-    retrieved: torch.Tensor, *, query_utm: torch.Tensor | np.ndarray | None = None,
-    database_utm: torch.Tensor | np.ndarray | None = None, radius: float = 25.0,
-    positives: Sequence[Sequence[int] | np.ndarray] | None = None, num_database: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    retrieved: torch.Tensor,
+    *,
+    query_utm: torch.Tensor | np.ndarray | None = None,
+    database_utm: torch.Tensor | np.ndarray | None = None,
+    radius: float = 25.0,
+    positives: Sequence[Sequence[int] | np.ndarray] | None = None,
+    num_database: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which retrieved database items are true positives, by radius or by given lists.
 
     Args:
@@ -118,8 +135,12 @@ def hit_matrix(
         has_positive = torch.tensor([len(p) > 0 for p in positives], dtype=torch.bool)
         if num_q == 0:
             return torch.zeros(retrieved.shape, dtype=torch.bool), has_positive
-        hit = torch.stack([torch.from_numpy(np.isin(r, np.asarray(p, dtype=np.int64)))
-                           for r, p in zip(retrieved.numpy(), positives)]) & valid_slot  # fmt: skip
+        hit = (
+            torch.stack(
+                [torch.from_numpy(np.isin(r, np.asarray(p, dtype=np.int64))) for r, p in zip(retrieved.numpy(), positives)]
+            )
+            & valid_slot
+        )
         return hit, has_positive
     q_utm = torch.as_tensor(np.asarray(query_utm), dtype=torch.float64)
     db_utm = torch.as_tensor(np.asarray(database_utm), dtype=torch.float64)
@@ -132,11 +153,17 @@ def hit_matrix(
 
 
 def recall_at_n(
-    queries: torch.Tensor, database: torch.Tensor, ns: Sequence[int] = (1, 5, 10, 20), *,
-    query_utm: torch.Tensor | np.ndarray | None = None, database_utm: torch.Tensor | np.ndarray | None = None,
-    radius: float = 25.0, positives: Sequence[Sequence[int] | np.ndarray] | None = None,
-    backend: Backend = "auto", database_groups: Sequence[Any] | np.ndarray | None = None,
-) -> dict[str, float]:  # fmt: skip
+    queries: torch.Tensor,
+    database: torch.Tensor,
+    ns: Sequence[int] = (1, 5, 10, 20),
+    *,
+    query_utm: torch.Tensor | np.ndarray | None = None,
+    database_utm: torch.Tensor | np.ndarray | None = None,
+    radius: float = 25.0,
+    positives: Sequence[Sequence[int] | np.ndarray] | None = None,
+    backend: Backend = "auto",
+    database_groups: Sequence[Any] | np.ndarray | None = None,
+) -> dict[str, float]:
     """Fraction of queries with a true positive among their top-N retrieved database items.
 
     Queries with no positive anywhere in the database are excluded from the denominator
@@ -150,10 +177,17 @@ def recall_at_n(
 
     """
     ns = _check_ns(ns)
-    ranks, valid = first_positive_rank(queries, database, max(ns), query_utm=query_utm,
-                                       database_utm=database_utm, radius=radius,
-                                       positives=positives, backend=backend,
-                                       database_groups=database_groups)  # fmt: skip
+    ranks, valid = first_positive_rank(
+        queries,
+        database,
+        max(ns),
+        query_utm=query_utm,
+        database_utm=database_utm,
+        radius=radius,
+        positives=positives,
+        backend=backend,
+        database_groups=database_groups,
+    )
     ranks = ranks[valid]
     out: dict[str, float] = {}
     for n in ns:
@@ -191,9 +225,15 @@ class RecallAtN(Metric):
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, ns: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
-                 positives: Sequence[Sequence[int]] | None = None, backend: Backend = "auto",
-                 database_groups: Sequence[Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ns: Sequence[int] = (1, 5, 10, 20),
+        radius: float = 25.0,
+        positives: Sequence[Sequence[int]] | None = None,
+        backend: Backend = "auto",
+        database_groups: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.ns = _check_ns(ns)
         if radius <= 0:
@@ -207,8 +247,9 @@ class RecallAtN(Metric):
         self.add_state("is_query", default=[], dist_reduce_fx="cat")
         self.add_state("utm", default=[], dist_reduce_fx="cat")
 
-    def update(self, descriptors: torch.Tensor, indices: torch.Tensor, is_query: torch.Tensor,
-               utm: torch.Tensor | None = None) -> None:  # fmt: skip
+    def update(
+        self, descriptors: torch.Tensor, indices: torch.Tensor, is_query: torch.Tensor, utm: torch.Tensor | None = None
+    ) -> None:
         """Add a batch.
 
         Args:
@@ -238,8 +279,14 @@ class RecallAtN(Metric):
             keep = first_occurrences(idx)
             q_pos, db_pos = keep[is_q[keep]], keep[~is_q[keep]]  # type: ignore[assignment]
         queries, database = desc[q_pos], desc[db_pos]
-        result = recall_at_n(queries, database, self.ns, backend=self.backend, database_groups=self.database_groups,
-                             **self.match_rule(utm[q_pos].cpu(), utm[db_pos].cpu()))  # fmt: skip
+        result = recall_at_n(
+            queries,
+            database,
+            self.ns,
+            backend=self.backend,
+            database_groups=self.database_groups,
+            **self.match_rule(utm[q_pos].cpu(), utm[db_pos].cpu()),
+        )
         return {k: torch.tensor(v, device=self.device) for k, v in result.items()}
 
     def match_rule(self, query_utm: torch.Tensor | np.ndarray, database_utm: torch.Tensor | np.ndarray) -> dict[str, Any]:

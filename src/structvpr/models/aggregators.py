@@ -100,8 +100,11 @@ class NetVLAD(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
         if not self.training and not tracing and not bool(self.initialised):
-            warnings.warn("NetVLAD encodes with random centroids: initialise them with init_clusters() (a fit "
-                          "does it from training images) or load a trained checkpoint", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                "NetVLAD encodes with random centroids: initialise them with init_clusters() (a fit "
+                "does it from training images) or load a trained checkpoint",
+                stacklevel=2,
+            )
         b, c = x.shape[:2]
         x = F.normalize(x, dim=1)
         soft = F.softmax(self.conv(x).flatten(2), dim=1)  # (B, K, HW)
@@ -112,8 +115,14 @@ class NetVLAD(nn.Module):
 
 
 @torch.no_grad()
-def init_netvlad_from_images(encoder: Any, batches: Iterable[dict[str, Any]], key: str, per_image: int = 50,
-                             seed: int = 0, generator: torch.Generator | None = None) -> None:  # fmt: skip
+def init_netvlad_from_images(
+    encoder: Any,
+    batches: Iterable[dict[str, Any]],
+    key: str,
+    per_image: int = 50,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> None:
     """Initialise the NetVLAD of ``encoder`` by k-means over trunk features of ``batches[key]``.
 
     ``per_image`` local features are drawn from each image's feature map (``generator``, else one
@@ -134,8 +143,7 @@ def init_netvlad_from_images(encoder: Any, batches: Iterable[dict[str, Any]], ke
     agg.init_clusters(torch.cat(feats), seed=seed)
 
 
-def init_netvlad(trainer: Any, encoder: Any, data: Any, key: str, num_images: int, per_image: int = 50,
-                 seed: int = 0) -> None:  # fmt: skip
+def init_netvlad(trainer: Any, encoder: Any, data: Any, key: str, num_images: int, per_image: int = 50, seed: int = 0) -> None:
     """:func:`init_netvlad_from_images` over ``num_images`` training images drawn (seeded) from ``data``
     (a :class:`~structvpr.protocols.TrainingData`), rank 0's centroids broadcast to every process."""  # noqa: D205
     n = len(data.training_tuples.utm)

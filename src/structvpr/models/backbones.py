@@ -35,8 +35,11 @@ class SimpleCNN(Trunk):
             stride = 2 if stage < 3 else 1
             convs = 1 if stage == 3 else 2
             for j in range(convs):
-                layers += [nn.Conv2d(prev, width, 3, stride if j == 0 else 1, 1, bias=False),
-                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)]  # fmt: skip
+                layers += [
+                    nn.Conv2d(prev, width, 3, stride if j == 0 else 1, 1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
                 prev = width
         # The last ReLU is dropped, as NetVLAD does with VGG16 conv5_3.
         self.body = nn.Sequential(*layers[:-1])
@@ -84,11 +87,15 @@ class TimmTrunk(Trunk):
         if pretrained_path is not None:
             self.load_report = report = load_trunk_weights(self.body, pretrained_path, name, prefix)
             log = logging.getLogger(__name__)
-            log.info(f"{pretrained_path}: loaded all {report.loaded} tensors of the {name} trunk"
-                     + (f"; adapted to {in_chans} input channels: {', '.join(report.adapted)}" if report.adapted else ""))
+            log.info(
+                f"{pretrained_path}: loaded all {report.loaded} tensors of the {name} trunk"
+                + (f"; adapted to {in_chans} input channels: {', '.join(report.adapted)}" if report.adapted else "")
+            )
             if report.unused:  # a classifier is expected; anything else may be a wrong file: say so loudly
-                log.warning(f"{pretrained_path}: {len(report.unused)} tensors of the file are not used by the {name} "
-                            f"trunk: {', '.join(report.unused[:6])}{' ...' if len(report.unused) > 6 else ''}")
+                log.warning(
+                    f"{pretrained_path}: {len(report.unused)} tensors of the file are not used by the {name} "
+                    f"trunk: {', '.join(report.unused[:6])}{' ...' if len(report.unused) > 6 else ''}"
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
@@ -157,8 +164,11 @@ def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str
         else:
             wrong_shape.append(f"{key}: the file has {tuple(value.shape)}, the trunk needs {tuple(want.shape)}")
     if wrong_shape:
-        raise ValueError(f"{path}: {len(wrong_shape)} tensors have the wrong shape for the {name} trunk: "
-                         + "; ".join(wrong_shape[:4]) + (" ..." if len(wrong_shape) > 4 else ""))  # fmt: skip
+        raise ValueError(
+            f"{path}: {len(wrong_shape)} tensors have the wrong shape for the {name} trunk: "
+            + "; ".join(wrong_shape[:4])
+            + (" ..." if len(wrong_shape) > 4 else "")
+        )
     # BatchNorm's step counters: older checkpoints lack them and torch's strict loading accepts that
     # (they only matter for momentum=None); they keep the trunk's own value.
     missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]

@@ -37,9 +37,15 @@ class PlaceEncoder(nn.Module):
 
     """
 
-    def __init__(self, in_chans: int = 3, trunk: str | ModuleFactory = "simple",
-                 aggregator: str | ModuleFactory = "gem", num_clusters: int = 64,
-                 pretrained_path: str | None = None, pca_dim: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_chans: int = 3,
+        trunk: str | ModuleFactory = "simple",
+        aggregator: str | ModuleFactory = "gem",
+        num_clusters: int = 64,
+        pretrained_path: str | None = None,
+        pca_dim: int | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(aggregator, str) and aggregator not in ("gem", "netvlad"):
             raise ValueError(f"aggregator must be 'gem', 'netvlad' or a callable building a module, got {aggregator!r}")

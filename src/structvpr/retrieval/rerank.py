@@ -40,8 +40,9 @@ class LocalFeatureStore:
         self.path, self.array, self.image_size, self.grid = path, array, image_size, grid
 
     @classmethod
-    def create(cls, path: str | Path, num_images: int, grid: tuple[int, int], channels: int,
-               image_size: tuple[int, int]) -> LocalFeatureStore:  # fmt: skip
+    def create(
+        cls, path: str | Path, num_images: int, grid: tuple[int, int], channels: int, image_size: tuple[int, int]
+    ) -> LocalFeatureStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         shape = (num_images, grid[0] * grid[1], channels)
@@ -94,8 +95,9 @@ def verified_matches(kp_a: np.ndarray, kp_b: np.ndarray, pairs: torch.Tensor, th
     return 0 if mask is None else int(mask.sum())
 
 
-def rerank(query_feats: list[torch.Tensor] | torch.Tensor, database: LocalFeatureStore, candidates: torch.Tensor,
-           threshold: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def rerank(
+    query_feats: list[torch.Tensor] | torch.Tensor, database: LocalFeatureStore, candidates: torch.Tensor, threshold: float = 4.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-order each query's global candidates by verified local matches.
 
     Args:

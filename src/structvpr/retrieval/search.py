@@ -41,8 +41,14 @@ def resolve_backend(backend: Backend, device: torch.device | str) -> Literal["to
     return "faiss" if torch.device(device).type == "cpu" and faiss_available() else "torch"
 
 
-def knn(queries: torch.Tensor, database: torch.Tensor, k: int, backend: Backend = "auto",
-        query_chunk: int = 1024, database_chunk: int = 65536) -> torch.Tensor:  # fmt: skip
+def knn(
+    queries: torch.Tensor,
+    database: torch.Tensor,
+    k: int,
+    backend: Backend = "auto",
+    query_chunk: int = 1024,
+    database_chunk: int = 65536,
+) -> torch.Tensor:
     """Indices of the ``k`` database descriptors nearest in L2 to each query, nearest first.
 
     Exact ties are ordered by the lower database index, whatever the backend (see
@@ -84,8 +90,9 @@ def _settle_ties(scores: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
     return found.gather(1, torch.argsort(scores, dim=1, descending=True, stable=True))
 
 
-def _torch_knn(queries: torch.Tensor, database: torch.Tensor, k: int, query_chunk: int,
-               database_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _torch_knn(
+    queries: torch.Tensor, database: torch.Tensor, k: int, query_chunk: int, database_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     queries, database = queries.float(), database.float()
     out_s = torch.empty(queries.shape[0], k, device=queries.device)
     out_i = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)

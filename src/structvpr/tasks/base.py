@@ -49,11 +49,22 @@ class VPRTask(pl.LightningModule):
 
     input_key = "image"
 
-    def __init__(self, in_chans: int = 3, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                 num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
-                 recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_chans: int = 3,
+        trunk: str | ModuleFactory = "simple",
+        aggregator: str | ModuleFactory = "gem",
+        num_clusters: int = 16,
+        pretrained_path: str | None = None,
+        pca_dim: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        margin: float = REFERENCE_MARGIN,
+        recall_ns: Sequence[int] = (1, 5, 10, 20),
+        eval_radius: float = 25.0,
+        kmeans_images: int = 200,
+        search_backend: str = "auto",
+    ) -> None:
         super().__init__()
         for name, value in (("lr", lr), ("margin", margin), ("eval_radius", eval_radius)):
             if value <= 0:
@@ -61,8 +72,14 @@ class VPRTask(pl.LightningModule):
         if search_backend not in BACKENDS:
             raise ValueError(f"search_backend must be one of {BACKENDS}, got {search_backend!r}")
         self.save_hyperparameters()
-        self.encoder = PlaceEncoder(in_chans=in_chans, trunk=trunk, aggregator=aggregator, num_clusters=num_clusters,
-                                    pretrained_path=pretrained_path, pca_dim=pca_dim)
+        self.encoder = PlaceEncoder(
+            in_chans=in_chans,
+            trunk=trunk,
+            aggregator=aggregator,
+            num_clusters=num_clusters,
+            pretrained_path=pretrained_path,
+            pca_dim=pca_dim,
+        )
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         #: The descriptors of training images under the current weights, one bank per encoder
@@ -195,4 +212,3 @@ class VPRTask(pl.LightningModule):
             name = f"{name} on {protocol.name}"
         text = write_test_report(out, name, result, list(protocol.notes) if protocol is not None else [])
         print(f"\n{text}\n(written to {out}/test_results.{{json,md}})")
-

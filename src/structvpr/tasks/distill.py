@@ -73,17 +73,41 @@ class StructVPRDistillation(StructVPRStudent):
 
     """
 
-    def __init__(self, teacher_ckpt: str | None = None, student_ckpt: str | None = None, distill_weight: float = 1.0,
-                 cache_teacher: bool = True, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                 num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
-                 recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "auto",
-                 teacher_hparams: dict[str, Any] | None = None,
-                 teacher_input: Literal["label", "image"] = "label") -> None:  # fmt: skip
-        super().__init__(trunk=trunk, aggregator=aggregator, num_clusters=num_clusters, pretrained_path=pretrained_path,
-                         pca_dim=pca_dim, lr=lr, weight_decay=weight_decay, margin=margin, recall_ns=recall_ns,
-                         eval_radius=eval_radius, kmeans_images=kmeans_images, search_backend=search_backend)  # fmt: skip
+    def __init__(
+        self,
+        teacher_ckpt: str | None = None,
+        student_ckpt: str | None = None,
+        distill_weight: float = 1.0,
+        cache_teacher: bool = True,
+        trunk: str | ModuleFactory = "simple",
+        aggregator: str | ModuleFactory = "gem",
+        num_clusters: int = 16,
+        pretrained_path: str | None = None,
+        pca_dim: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        margin: float = REFERENCE_MARGIN,
+        recall_ns: Sequence[int] = (1, 5, 10, 20),
+        eval_radius: float = 25.0,
+        kmeans_images: int = 200,
+        search_backend: str = "auto",
+        teacher_hparams: dict[str, Any] | None = None,
+        teacher_input: Literal["label", "image"] = "label",
+    ) -> None:
+        super().__init__(
+            trunk=trunk,
+            aggregator=aggregator,
+            num_clusters=num_clusters,
+            pretrained_path=pretrained_path,
+            pca_dim=pca_dim,
+            lr=lr,
+            weight_decay=weight_decay,
+            margin=margin,
+            recall_ns=recall_ns,
+            eval_radius=eval_radius,
+            kmeans_images=kmeans_images,
+            search_backend=search_backend,
+        )
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
         if teacher_input not in ("label", "image"):
@@ -150,9 +174,11 @@ class StructVPRDistillation(StructVPRStudent):
         geometric = is_geometric(dataset.bank.transform)
         self.teacher_cached = bool(self.hp.cache_teacher) and not geometric
         if self.hp.cache_teacher and geometric:
-            rank_zero_warn("cache_teacher is on but training uses geometric augmentation (data.crop_scale): a cached "
-                           "teacher descriptor would not match the student's view, so the teacher runs on each "
-                           "batch's own transformed label maps (set model.init_args.cache_teacher=false to silence)")  # fmt: skip
+            rank_zero_warn(
+                "cache_teacher is on but training uses geometric augmentation (data.crop_scale): a cached "
+                "teacher descriptor would not match the student's view, so the teacher runs on each "
+                "batch's own transformed label maps (set model.init_args.cache_teacher=false to silence)"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -215,8 +241,7 @@ class StructVPRDistillation(StructVPRStudent):
 
 def _check_weights(indices: torch.Tensor, weights: torch.Tensor, size: int, what: str) -> None:
     if indices.shape != weights.shape or indices.ndim != 1:
-        raise ValueError(f"indices and weights must be two (n,) tensors, got {tuple(indices.shape)} and "
-                         f"{tuple(weights.shape)}")  # fmt: skip
+        raise ValueError(f"indices and weights must be two (n,) tensors, got {tuple(indices.shape)} and {tuple(weights.shape)}")
     if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size):
         raise ValueError(f"{what} must lie in [0, {size})")
     if bool((weights < 0).any()):
@@ -230,5 +255,7 @@ def _check_teacher_class(path: str, teacher_input: str) -> None:
     is_segteacher = "num_groups" in saved
     if is_segteacher != (teacher_input == "label"):
         held, wanted = ("a SegTeacher", "StructVPRStudent") if is_segteacher else ("an RGB model", "SegTeacher")
-        raise TypeError(f"teacher_ckpt {path} holds {held}, but teacher_input={teacher_input!r} needs a {wanted} "
-                        f"checkpoint (teacher_input='image' distils an RGB teacher: the self-distillation control)")
+        raise TypeError(
+            f"teacher_ckpt {path} holds {held}, but teacher_input={teacher_input!r} needs a {wanted} "
+            f"checkpoint (teacher_input='image' distils an RGB teacher: the self-distillation control)"
+        )

@@ -50,17 +50,37 @@ class StructVPRStudent(VPRTask):
 
     input_key = "image"
 
-    def __init__(self, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                 num_clusters: int = 16,
-                 pretrained_path: str | None = None, pca_dim: int | None = None, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
-                 recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "auto",
-                 rerank_top_k: int | None = None) -> None:  # fmt: skip
-        super().__init__(in_chans=3, trunk=trunk, aggregator=aggregator, num_clusters=num_clusters,
-                         pretrained_path=pretrained_path,
-                         pca_dim=pca_dim, lr=lr, weight_decay=weight_decay, margin=margin, recall_ns=recall_ns,
-                         eval_radius=eval_radius, kmeans_images=kmeans_images, search_backend=search_backend)  # fmt: skip
+    def __init__(
+        self,
+        trunk: str | ModuleFactory = "simple",
+        aggregator: str | ModuleFactory = "gem",
+        num_clusters: int = 16,
+        pretrained_path: str | None = None,
+        pca_dim: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        margin: float = REFERENCE_MARGIN,
+        recall_ns: Sequence[int] = (1, 5, 10, 20),
+        eval_radius: float = 25.0,
+        kmeans_images: int = 200,
+        search_backend: str = "auto",
+        rerank_top_k: int | None = None,
+    ) -> None:
+        super().__init__(
+            in_chans=3,
+            trunk=trunk,
+            aggregator=aggregator,
+            num_clusters=num_clusters,
+            pretrained_path=pretrained_path,
+            pca_dim=pca_dim,
+            lr=lr,
+            weight_decay=weight_decay,
+            margin=margin,
+            recall_ns=recall_ns,
+            eval_radius=eval_radius,
+            kmeans_images=kmeans_images,
+            search_backend=search_backend,
+        )
         if rerank_top_k is not None and rerank_top_k < 1:
             raise ValueError(f"rerank_top_k must be >= 1 or None, got {rerank_top_k}")
         self.rerank_top_k = rerank_top_k
@@ -84,8 +104,15 @@ class StructVPRStudent(VPRTask):
             spec["taxonomy"] = dict(getattr(dm, "hparams", {})).get("grouping")
         pca = self.encoder.pca
         pca_state = None if pca is None else {"in": pca.in_dim, "out": pca.out_dim, "fitted": bool(pca.fitted)}
-        spec.update({"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": "RGB",
-                     "descriptor_dim": self.encoder.descriptor_dim, "pca": pca_state})  # fmt: skip
+        spec.update(
+            {
+                "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD),
+                "channels": "RGB",
+                "descriptor_dim": self.encoder.descriptor_dim,
+                "pca": pca_state,
+            }
+        )
         spec.setdefault("image_size", None)
         spec.setdefault("taxonomy", None)
         return spec
@@ -110,8 +137,9 @@ class StructVPRStudent(VPRTask):
                 raise RuntimeError("re-ranking runs in one process: test with --trainer.devices 1")
             n = len(self.datamodule.test_dataset)
             fh, fw = fmap.shape[-2:]
-            store = LocalFeatureStore.create(self.report_dir() / "local_features.npy", n, (fh, fw), fmap.shape[1],
-                                             tuple(batch["image"].shape[-2:]))  # fmt: skip
+            store = LocalFeatureStore.create(
+                self.report_dir() / "local_features.npy", n, (fh, fw), fmap.shape[1], tuple(batch["image"].shape[-2:])
+            )
             self._rerank_state = {"store": store, "desc": [], "index": []}
         state = self._rerank_state
         state["store"].write(batch["index"], local_features(fmap))
@@ -153,8 +181,12 @@ class StructVPRStudent(VPRTask):
             # N beyond K is not defined for a top-K list.
             ns = [n for n in self.test_recall.ns if n <= order.shape[1]]
             row = {f"R@{n}": float(hit[:, :n].any(1)[valid].float().mean()) for n in ns}
-            out[name] = {**row, "ms_per_query": round(ms, 3), "num_queries": int(valid.sum()),
-                         "num_excluded": int((~valid).sum())}  # fmt: skip
+            out[name] = {
+                **row,
+                "ms_per_query": round(ms, 3),
+                "num_queries": int(valid.sum()),
+                "num_excluded": int((~valid).sum()),
+            }
         if self.trainer.is_global_zero:
             table = recall_table({f"{k} (top {self.rerank_top_k})": v for k, v in out.items()})
             latency = ", ".join(f"{k} {v['ms_per_query']:.2f} ms/query" for k, v in out.items())
@@ -179,8 +211,11 @@ class StructVPRStudent(VPRTask):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         size = (self.saved_input_spec or {}).get("image_size")
         if size is not None and list(images.shape[-2:]) != list(size):
-            warnings.warn(f"images are {tuple(images.shape[-2:])} but this student was trained on {tuple(size)}: "
-                          "resize them as in training (structvpr.data.datasets.joint_transform)", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"images are {tuple(images.shape[-2:])} but this student was trained on {tuple(size)}: "
+                "resize them as in training (structvpr.data.datasets.joint_transform)",
+                stacklevel=2,
+            )
         if float(images.mean()) > 20:  # normalised images have values around 0; raw ones 0..255
             warnings.warn("images look unnormalised (mean > 20): give ImageNet-normalised float RGB", stacklevel=2)
         with eval_mode(self):
@@ -204,11 +239,12 @@ class StructVPRStudent(VPRTask):
             "state_dict": state,
             # _class_path lets `structvpr test --ckpt_path` rebuild the right class.
             StructVPRStudent.CHECKPOINT_HYPER_PARAMS_KEY: {
-                **self.student_hparams(), "_class_path": "structvpr.tasks.StructVPRStudent"},
+                **self.student_hparams(),
+                "_class_path": "structvpr.tasks.StructVPRStudent",
+            },
             "pytorch-lightning_version": pl.__version__,
             "structvpr_input": self.input_spec(),
         }
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
         return path
-

@@ -36,12 +36,34 @@ class SegTeacher(VPRTask):
 
     input_key = "label"
 
-    def __init__(self, num_groups: int = 5, trunk: str | ModuleFactory = "simple", aggregator: str | ModuleFactory = "gem",
-                 num_clusters: int = 16, pretrained_path: str | None = None, pca_dim: int | None = None,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, margin: float = REFERENCE_MARGIN,
-                 recall_ns: Sequence[int] = (1, 5, 10, 20), eval_radius: float = 25.0,
-                 kmeans_images: int = 200, search_backend: str = "auto") -> None:  # fmt: skip
-        super().__init__(in_chans=num_groups, trunk=trunk, aggregator=aggregator, num_clusters=num_clusters,
-                         pretrained_path=pretrained_path,
-                         pca_dim=pca_dim, lr=lr, weight_decay=weight_decay, margin=margin, recall_ns=recall_ns,
-                         eval_radius=eval_radius, kmeans_images=kmeans_images, search_backend=search_backend)  # fmt: skip
+    def __init__(
+        self,
+        num_groups: int = 5,
+        trunk: str | ModuleFactory = "simple",
+        aggregator: str | ModuleFactory = "gem",
+        num_clusters: int = 16,
+        pretrained_path: str | None = None,
+        pca_dim: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        margin: float = REFERENCE_MARGIN,
+        recall_ns: Sequence[int] = (1, 5, 10, 20),
+        eval_radius: float = 25.0,
+        kmeans_images: int = 200,
+        search_backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            in_chans=num_groups,
+            trunk=trunk,
+            aggregator=aggregator,
+            num_clusters=num_clusters,
+            pretrained_path=pretrained_path,
+            pca_dim=pca_dim,
+            lr=lr,
+            weight_decay=weight_decay,
+            margin=margin,
+            recall_ns=recall_ns,
+            eval_radius=eval_radius,
+            kmeans_images=kmeans_images,
+            search_backend=search_backend,
+        )

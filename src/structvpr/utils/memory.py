@@ -59,5 +59,4 @@ def check_memory(need_bytes: int, device: torch.device, trainer: Any, what: str,
     free = free_memory_bytes(device)
     if free is not None and need_bytes * share > free / 2:
         procs = f"{share} processes x {size_text(need_bytes)}" if share > 1 else size_text(need_bytes)
-        raise ValueError(f"{what} need {procs}, more than half the free memory of {device} ({size_text(free)}): "
-                         f"{instead}")
+        raise ValueError(f"{what} need {procs}, more than half the free memory of {device} ({size_text(free)}): {instead}")
