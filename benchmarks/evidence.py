@@ -214,7 +214,7 @@ def _config(
     ]
     if keep_every_epoch:  # the unmonitored checkpoint keeps every epoch instead of the latest only
         for c in callbacks:
-            if c["class_path"].endswith("ModelCheckpoint") and "monitor" not in c.get("init_args", {}):
+            if c["class_path"].endswith(("ModelCheckpoint", "SubEpochCheckpoint")) and "monitor" not in c.get("init_args", {}):
                 c["init_args"].update(filename="epoch{epoch:02d}", save_top_k=-1)
     callbacks.append({"class_path": "evidence.ValCurve", "init_args": {"path": str(out / "val_curve.json")}})
     cfg["trainer"]["callbacks"] = callbacks + extra_callbacks

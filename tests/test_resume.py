@@ -43,6 +43,23 @@ def test_last_checkpoint_is_the_last_epoch_and_resumes_with_best_tracking(repo_r
     assert float(resumed.trainer.checkpoint_callback.best_model_score) >= float(best_cb.best_model_score)
 
 
+def test_a_checkpoint_follows_every_sub_epoch_when_validation_runs_less_often(repo_root, tiny_world, tmp_path):
+    """check_val_every_n_epoch=3: Lightning's plain ModelCheckpoint would save nothing in 2 sub-epochs."""
+    first = _fit(repo_root, tiny_world, tmp_path, "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=3")
+    folder = tmp_path / "checkpoints"
+    assert first.trainer.callback_metrics.get("val/R@1") is None  # no validation ran
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1 and last["global_step"] == 4 and (folder / "latest-epoch01.ckpt").is_file()
+    resumed = _fit(
+        repo_root, tiny_world, tmp_path, "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=3", "--ckpt_path=last"
+    )
+    assert resumed.trainer.global_step == 6 and "val/R@1" in resumed.trainer.callback_metrics  # epoch 2 validates
+    after = torch.load(folder / "last.ckpt", weights_only=True)
+    assert after["epoch"] == 2 and after["global_step"] == 6  # saved after that validation, with its best score
+    best = next(v for k, v in after["callbacks"].items() if "val/R@1" in k)
+    assert best["best_model_score"] is not None
+
+
 def test_ckpt_path_last_without_a_checkpoint_fails(repo_root, tiny_world, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last\*.ckpt in .*checkpoints"):
         _fit(repo_root, tiny_world, tmp_path, "--trainer.max_epochs=1", "--ckpt_path=last")

@@ -1,5 +1,6 @@
-"""Callbacks: hard-negative mining, sample weighting, PCA-whitening, NetVLAD init, student export, retrieval pictures."""
+"""Callbacks: mining, sample weighting, PCA-whitening, NetVLAD init, export, pictures, sub-epoch checkpoints."""
 
+from structvpr.callbacks.checkpoint import SubEpochCheckpoint
 from structvpr.callbacks.export import ExportStudent
 from structvpr.callbacks.mining import HardNegativeMining
 from structvpr.callbacks.netvlad import InitNetVLAD
@@ -16,4 +17,5 @@ __all__ = [
     "PredictionWriter",
     "RetrievalPictures",
     "SampleWeighting",
+    "SubEpochCheckpoint",
 ]
