@@ -175,3 +175,30 @@ def test_benchmark_options_for_an_unused_split_are_refused():
         VPRDataModule(test_benchmark="nordland", benchmark_options={"tokyo247": {"one_hit_per_panorama": True}})
     with pytest.raises(ValueError, match="train_benchmark must be one of"):
         VPRDataModule(train_benchmark="pitts30k_test")
+
+
+def test_validating_on_the_test_split_warns_and_no_shipped_config_does(tmp_path, repo_root):
+    import yaml
+
+    from structvpr.data import VPRDataModule
+
+    with pytest.warns(UserWarning, match="validation and test both read the named split msls_val"):
+        VPRDataModule(root=str(tmp_path), val_benchmark="msls_val", test_benchmark="msls_val", synthetic_preset=None)
+    with pytest.warns(UserWarning, match="the split folder 'val'"):
+        VPRDataModule(root=str(tmp_path), test_split="val", synthetic_preset=None)
+    for path in sorted((repo_root / "lightning_configs").rglob("*.yaml")):
+        data = (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})
+        val, test = data.get("val_benchmark"), data.get("test_benchmark")
+        assert val is None or val != test, f"{path} selects on the split it reports"
+
+
+def test_msls_heldout_reads_training_cities_apart_at_25_m(tmp_path):
+    from structvpr.data.benchmarks import load_benchmark
+    from tests.data.test_formats import _write_msls
+
+    _write_msls(tmp_path, "zurich")
+    _write_msls(tmp_path, "ottawa")
+    m = load_benchmark("msls_heldout", tmp_path)
+    assert m.name == "msls_heldout" and m.radius == 25.0
+    assert len(m.database) == 4 and len(m.queries) == 4  # d3 of each city is a panorama
+    assert {round(r.utm[0] // 1e7) for r in m.database} == {0, 1}  # the two cities never share coordinates

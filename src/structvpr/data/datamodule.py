@@ -197,6 +197,23 @@ class VPRDataModule(pl.LightningDataModule):
         #: groups and notes decide a correct match (absent for VG folders: the task's own
         #: ``eval_radius`` applies).
         self.protocols: dict[str, SplitManifest] = {}
+        same = self.selection_split()
+        if same is not None:
+            warnings.warn(
+                f"validation and test both read {same}: the checkpoint kept by val/R@1 is then chosen on the split "
+                "its test reports, which flatters the number; validate on held-out training data (msls_heldout, "
+                "pitts30k_val) or another split",
+                stacklevel=2,
+            )
+
+    def selection_split(self) -> str | None:
+        """The split both validation and test read (model selection on the reported split), else None."""
+        hp = self.hp
+        if hp.val_benchmark is not None and hp.val_benchmark == hp.test_benchmark:
+            return f"the named split {hp.val_benchmark}"
+        if hp.val_benchmark is None and hp.test_benchmark is None and hp.val_split == hp.test_split:
+            return f"the split folder {hp.val_split!r}"
+        return None
 
     @property
     def hp(self) -> AttributeDict:
