@@ -12,7 +12,7 @@ from structvpr.protocols import TrainingData, datamodule_of
 
 
 class InitNetVLAD(pl.Callback):
-    """Initialise an uninitialised NetVLAD as the original NetVLAD does (k-means over local features).
+    """Initialise an uninitialised NetVLAD from k-means over local trunk features (NetVLAD's vladv2 form).
 
     Every task with a NetVLAD aggregator does the same itself at the start of a fresh fit
     (``VPRTask.setup``, with ``kmeans_images`` images); add this callback for other settings. It runs in

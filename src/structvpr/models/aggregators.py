@@ -43,7 +43,7 @@ class NetVLAD(nn.Module):
     """NetVLAD aggregation, ``(B, C, H, W) -> (B, K * C)`` (intra- then L2-normalised).
 
     Centroids should be initialised with :meth:`init_clusters` from k-means over trunk
-    features of training images, as in the original NetVLAD.
+    features of training images, as NetVLAD does (in its vladv2 form: see :meth:`init_clusters`).
 
     Args:
         num_clusters: K.
@@ -77,8 +77,11 @@ class NetVLAD(nn.Module):
     def init_clusters(self, features: torch.Tensor, seed: int = 0, niter: int = 25) -> None:
         """Set centroids by faiss k-means over ``(N, C)`` local features (L2-normalised here).
 
-        ``alpha`` follows the original NetVLAD: ``-log(0.01) / (d1 - d2)`` averaged over
-        features, where ``d1``, ``d2`` are squared distances to the two nearest centroids.
+        The soft assignment is initialised in NetVLAD's *vladv2* form: weight ``2 alpha c_k`` and bias
+        ``-alpha |c_k|^2``, with ``alpha = -log(0.01) / mean(d2 - d1)`` over the features (``d1``, ``d2``:
+        squared distances to the two nearest centroids). This is the reference code's
+        ``vladv2=True`` (Nanne/pytorch-NetVlad); its default, and the VG benchmark's, is v1
+        (weight ``alpha`` times the normalised centroids, no bias). structvpr has only the v2 form.
         """
         import faiss
 
