@@ -65,7 +65,8 @@ class StructVPRDistillation(StructVPRStudent):
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
+        search_backend: ``auto`` (the faster exact search here; see :func:`~structvpr.retrieval.search.resolve_backend`),
+            ``torch`` or ``faiss``.
         teacher_hparams: Set by checkpoints of this task (the teacher's architecture), so that
             ``load_from_checkpoint`` needs neither the teacher's nor the student's file.
         teacher_input: ``label`` (the method: a SegTeacher on label maps) or ``image`` (a

@@ -41,7 +41,8 @@ class StructVPRStudent(VPRTask):
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
+        search_backend: ``auto`` (the faster exact search here; see :func:`~structvpr.retrieval.search.resolve_backend`),
+            ``torch`` or ``faiss``.
         rerank_top_k: When set, ``test`` also re-ranks the top-K global candidates by verified
             local matches (:mod:`structvpr.retrieval.rerank`) and reports both stages with their
             per-query latency. Single process only.
