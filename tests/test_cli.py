@@ -280,3 +280,26 @@ def test_an_rgb_model_tests_on_folders_without_label_maps(student_ckpt, teacher_
                 *common,
             ]
         )
+
+
+def test_the_paper_student_trains_conv5_and_netvlad_with_the_references_sgd(repo_root, tmp_path):
+    """lightning_configs/paper/baseline.yaml: VGG16 frozen below conv5, SGD(1e-4, 0.9, 1e-3) halved every 40 sub-epochs."""
+    import torch
+
+    cli = cli_main(
+        ["--config", str(repo_root / "lightning_configs/paper/baseline.yaml"), "--trainer.logger=false",
+         f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0"],
+        run=False,
+    )  # fmt: skip
+    model = cli.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    conv5 = 3 * (512 * 512 * 9 + 512)  # conv5_1 .. conv5_3 of VGG16
+    netvlad = sum(p.numel() for p in model.encoder.aggregator.parameters())
+    assert trainable == conv5 + netvlad
+    assert sum(p.numel() for p in model.encoder.trunk.parameters()) == 14_714_688  # all of VGG16 up to conv5_3
+    optimizers, schedulers = model.configure_optimizers()
+    sgd = optimizers[0]
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["lr"] == 1e-4 and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-3
+    step = schedulers[0]["scheduler"] if isinstance(schedulers[0], dict) else schedulers[0]
+    assert isinstance(step, torch.optim.lr_scheduler.StepLR) and (step.step_size, step.gamma) == (40, 0.5)

@@ -160,3 +160,22 @@ def test_weight_file_with_a_wrong_shape_names_both_shapes(tmp_path):
         r"\(64, 64, 3, 3\)",
     ):
         TimmTrunk("resnet18", pretrained_path=str(path))
+
+
+def test_freezing_a_timm_trunk_below_a_stage_stops_its_gradients_and_batchnorm_statistics():
+    from structvpr.models.backbones import TimmTrunk
+    from structvpr.tasks import StructVPRStudent
+
+    trunk = TimmTrunk("resnet18")
+    layer4 = sum(p.numel() for p in trunk.body.layer4.parameters())
+    total = sum(p.numel() for p in trunk.parameters())
+    assert trunk.freeze_below("layer4") == total - layer4
+    trunk.train()
+    assert not trunk.body.bn1.training and not trunk.body.layer3.training and trunk.body.layer4.training
+    assert all(p.requires_grad for p in trunk.body.layer4.parameters())
+    with pytest.raises(ValueError, match=r"unknown stage 'layer9'"):
+        TimmTrunk("resnet18").freeze_below("layer9")
+    with pytest.raises(ValueError, match="vgg16 has blocks conv1 .. conv5"):
+        TimmTrunk("vgg16").freeze_below("conv6")
+    with pytest.raises(ValueError, match="trunk_frozen_below needs a timm trunk, got SimpleCNN"):
+        StructVPRStudent(trunk_frozen_below="conv5")

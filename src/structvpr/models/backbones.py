@@ -82,6 +82,7 @@ class TimmTrunk(Trunk):
             self.out_channels = int(info.channels()[-1])
             prefix = ""
         self.is_features_only = name != "vgg16"
+        self._frozen: list[nn.Module] = []
         #: What loading ``pretrained_path`` matched (None without a file).
         self.load_report: LoadReport | None = None
         if pretrained_path is not None:
@@ -100,6 +101,42 @@ class TimmTrunk(Trunk):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         return out[-1] if self.is_features_only else out
+
+    def freeze_below(self, stage: str) -> int:
+        """Stop training every layer before ``stage``; returns the number of parameters frozen.
+
+        ``vgg16``: ``"conv5"`` (the NetVLAD and VG-benchmark references train conv5 only),
+        ``"conv4"``, ... Other timm trunks: the name of the first top-level module to train
+        (``layer4`` of a ResNet freezes the stem and ``layer1`` .. ``layer3``).
+        Frozen layers keep their BatchNorm statistics too (they stay in eval mode).
+        """
+        names = [name for name, _ in self.body.named_children()]
+        if not self.is_features_only and isinstance(stage, str) and stage.startswith("conv") and stage[4:].isdigit():
+            block = int(stage[4:])
+            convs = [i for i, m in enumerate(cast(nn.Sequential, self.body)) if isinstance(m, nn.Conv2d)]
+            starts = [convs[0], convs[2], convs[4], convs[7], convs[10]]  # conv1_1 .. conv5_1 of VGG16
+            if not 1 <= block <= 5:
+                raise ValueError(f"vgg16 has blocks conv1 .. conv5, got {stage!r}")
+            first = starts[block - 1]
+        elif stage in names:
+            first = names.index(stage)
+        else:
+            raise ValueError(f"unknown stage {stage!r}: a vgg16 block (conv1 .. conv5) or one of {names}")
+        frozen = 0
+        for name, child in self.body.named_children():
+            if names.index(name) >= first:
+                break
+            for param in child.parameters():
+                param.requires_grad_(False)
+                frozen += param.numel()
+            self._frozen.append(child)
+        return frozen
+
+    def train(self, mode: bool = True) -> TimmTrunk:
+        super().train(mode)
+        for child in self._frozen:
+            child.eval()
+        return self
 
 
 @dataclass

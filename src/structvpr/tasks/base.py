@@ -44,6 +44,8 @@ class VPRTask(pl.LightningModule):
         search_backend: Exact search for evaluation, mining and ranks: ``auto`` (the faster of faiss flat and
             the chunked matrix product on this CPU; torch on GPU: :func:`structvpr.retrieval.search.resolve_backend`),
             ``torch`` or ``faiss``.
+        trunk_frozen_below: Train only the trunk from this stage on (``conv5`` for VGG16, as the
+            NetVLAD and VG-benchmark references; a module name such as ``layer4`` for other timm trunks).
 
     """
 
@@ -64,6 +66,7 @@ class VPRTask(pl.LightningModule):
         eval_radius: float = 25.0,
         kmeans_images: int = 200,
         search_backend: str = "auto",
+        trunk_frozen_below: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("lr", lr), ("margin", margin), ("eval_radius", eval_radius)):
@@ -80,6 +83,11 @@ class VPRTask(pl.LightningModule):
             pretrained_path=pretrained_path,
             pca_dim=pca_dim,
         )
+        if trunk_frozen_below is not None:
+            freeze = getattr(self.encoder.trunk, "freeze_below", None)
+            if freeze is None:
+                raise ValueError(f"trunk_frozen_below needs a timm trunk, got {type(self.encoder.trunk).__name__}")
+            freeze(trunk_frozen_below)
         self.val_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         self.test_recall = RecallAtN(recall_ns, eval_radius, backend=search_backend)  # type: ignore[arg-type]
         #: The descriptors of training images under the current weights, one bank per encoder

@@ -67,6 +67,8 @@ class StructVPRDistillation(StructVPRStudent):
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``auto`` (the faster exact search here; see :func:`~structvpr.retrieval.search.resolve_backend`),
             ``torch`` or ``faiss``.
+        trunk_frozen_below: Train only the trunk from this stage on (``conv5`` for VGG16, as the
+            NetVLAD and VG-benchmark references; a module name such as ``layer4`` for other timm trunks).
         teacher_hparams: Set by checkpoints of this task (the teacher's architecture), so that
             ``load_from_checkpoint`` needs neither the teacher's nor the student's file.
         teacher_input: ``label`` (the method: a SegTeacher on label maps) or ``image`` (a
@@ -92,6 +94,7 @@ class StructVPRDistillation(StructVPRStudent):
         eval_radius: float = 25.0,
         kmeans_images: int = 200,
         search_backend: str = "auto",
+        trunk_frozen_below: str | None = None,
         teacher_hparams: dict[str, Any] | None = None,
         teacher_input: Literal["label", "image"] = "label",
     ) -> None:
@@ -108,6 +111,7 @@ class StructVPRDistillation(StructVPRStudent):
             eval_radius=eval_radius,
             kmeans_images=kmeans_images,
             search_backend=search_backend,
+            trunk_frozen_below=trunk_frozen_below,
         )
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")

@@ -43,6 +43,8 @@ class StructVPRStudent(VPRTask):
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``auto`` (the faster exact search here; see :func:`~structvpr.retrieval.search.resolve_backend`),
             ``torch`` or ``faiss``.
+        trunk_frozen_below: Train only the trunk from this stage on (``conv5`` for VGG16, as the
+            NetVLAD and VG-benchmark references; a module name such as ``layer4`` for other timm trunks).
         rerank_top_k: When set, ``test`` also re-ranks the top-K global candidates by verified
             local matches (:mod:`structvpr.retrieval.rerank`) and reports both stages with their
             per-query latency. Single process only.
@@ -65,6 +67,7 @@ class StructVPRStudent(VPRTask):
         eval_radius: float = 25.0,
         kmeans_images: int = 200,
         search_backend: str = "auto",
+        trunk_frozen_below: str | None = None,
         rerank_top_k: int | None = None,
     ) -> None:
         super().__init__(
@@ -81,6 +84,7 @@ class StructVPRStudent(VPRTask):
             eval_radius=eval_radius,
             kmeans_images=kmeans_images,
             search_backend=search_backend,
+            trunk_frozen_below=trunk_frozen_below,
         )
         if rerank_top_k is not None and rerank_top_k < 1:
             raise ValueError(f"rerank_top_k must be >= 1 or None, got {rerank_top_k}")
