@@ -6,6 +6,7 @@ python benchmarks/rerank.py --ckpt runs/demo/distill/.../student.ckpt [--out ben
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def main() -> None:
         results[f"K={k}"] = model.rerank_results
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": ns.ckpt, "results": results}, indent=2))
+    # No machine path in the results: the checkpoint by name and content hash.
+    digest = hashlib.sha256(Path(ns.ckpt).read_bytes()).hexdigest()[:16]
+    record = {"checkpoint": Path(ns.ckpt).name, "checkpoint_sha256_16": digest, "results": results}
+    out.write_text(json.dumps(record, indent=2))
     lines = ["| K | stage | R@1 | R@5 | R@10 | ms / query |", "|---|---|---|---|---|---|"]
     for k, rows in results.items():
         for stage, r in rows.items():

@@ -11,14 +11,13 @@ class SubEpochCheckpoint(ModelCheckpoint):
 
     Lightning's unmonitored checkpoint saves only after validation once
     ``check_val_every_n_epoch > 1`` (the paper configs validate every 8 sub-epochs), so a killed
-    run would lose up to 7 sub-epochs. This one saves at the end of every training epoch that
-    does not validate, and after validation on those that do (so the checkpoint carries that
-    validation's best-score state). Every ``ModelCheckpoint`` argument works as usual.
+    run would lose up to 7 sub-epochs. This one always saves at the end of the training epoch,
+    which is what Lightning does anyway when validation runs every epoch: an epoch's closing
+    validation runs before ``on_train_epoch_end``, so the checkpoint still carries that
+    validation's best-score state. Every ``ModelCheckpoint`` argument works as usual.
     """
 
     def _should_save_on_train_epoch_end(self, trainer: pl.Trainer) -> bool:
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
-        every = trainer.check_val_every_n_epoch
-        validates = trainer.enable_validation and (every is None or (trainer.current_epoch + 1) % every == 0)
-        return not validates
+        return True
