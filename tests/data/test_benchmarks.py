@@ -186,6 +186,8 @@ def test_validating_on_the_test_split_warns_and_no_shipped_config_does(tmp_path,
         VPRDataModule(root=str(tmp_path), val_benchmark="msls_val", test_benchmark="msls_val", synthetic_preset=None)
     with pytest.warns(UserWarning, match="the split folder 'val'"):
         VPRDataModule(root=str(tmp_path), test_split="val", synthetic_preset=None)
+    with pytest.warns(UserWarning, match="data.init_args.eval_radius is not read: set model.init_args.eval_radius"):
+        VPRDataModule(root=str(tmp_path), eval_radius=10.0, synthetic_preset=None)
     for path in sorted((repo_root / "lightning_configs").rglob("*.yaml")):
         data = (yaml.safe_load(path.read_text()).get("data") or {}).get("init_args", {})
         val, test = data.get("val_benchmark"), data.get("test_benchmark")

@@ -92,7 +92,9 @@ def test_msls_data_config_validates(repo_root):
         run=False,
     )
     hp = cli.datamodule.hparams
-    assert (hp.train_benchmark, hp.val_benchmark, hp.test_benchmark) == ("msls_train", "msls_val", "msls_val")
+    assert (hp.train_benchmark, hp.val_benchmark, hp.test_benchmark) == ("msls_train", "msls_heldout", "msls_val")
+    trained = set(hp.benchmark_options["msls_train"]["cities"])
+    assert len(trained) == 20 and not trained & {"zurich", "ottawa"}  # the held-out cities never train
     assert (hp.train_pos_radius, hp.train_neg_radius, hp.image_size) == (10.0, 25.0, [480, 640])
 
 

@@ -70,7 +70,8 @@ class VPRDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         train_pos_radius: Training positives lie within this many metres.
         train_neg_radius: Negatives lie beyond this many metres.
-        eval_radius: A retrieved database image within this many metres is correct.
+        eval_radius: Not read (kept so old configs parse; setting it warns): the correct-match
+            radius is the task's ``eval_radius`` for VG folders, or the named split's own threshold.
         with_labels: Load label maps (needed by the teacher and by distillation); ``test``, ``validate`` and
             ``predict`` of an RGB model never read them, so RGB-only folders need none.
         grouping: Name of the label grouping (``cityscapes``).
@@ -129,7 +130,7 @@ class VPRDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         train_pos_radius: float = 10.0,
         train_neg_radius: float = 25.0,
-        eval_radius: float = 25.0,
+        eval_radius: float | None = None,
         with_labels: bool = True,
         grouping: str = "cityscapes",
         augment: bool = True,
@@ -184,7 +185,7 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"benchmark_options names {unused}, which no stage uses (stages use {sorted(used)})")
         if (predict_database is None) != (predict_queries is None):
             raise ValueError("give both predict_database and predict_queries, or neither")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["eval_radius"])  # not read; the task's eval_radius is logged
         self.root = Path(root)
         self.image_size = tuple(image_size)
         self.grouping: ClassGrouping = GROUPINGS[grouping]()
@@ -197,6 +198,12 @@ class VPRDataModule(pl.LightningDataModule):
         #: groups and notes decide a correct match (absent for VG folders: the task's own
         #: ``eval_radius`` applies).
         self.protocols: dict[str, SplitManifest] = {}
+        if eval_radius is not None:
+            warnings.warn(
+                "data.init_args.eval_radius is not read: set model.init_args.eval_radius (VG folders); a named "
+                "split brings its own threshold",
+                stacklevel=2,
+            )
         same = self.selection_split()
         if same is not None:
             warnings.warn(
@@ -357,39 +364,29 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"held_out_fold={fold} of query_folds={folds} leaves no training query")
         return keep
 
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader[Any]:
-        workers = self.hp.num_workers
+    def _loader(
+        self, dataset: Any, batch_size: int, sampler: Any = None, workers: int | None = None, persistent: bool = True
+    ) -> DataLoader[Any]:
+        """The one DataLoader factory: in order (or ``sampler``'s), the datamodule's workers, kept
+        across epochs unless ``persistent`` is off (one-off encoding passes)."""  # noqa: D205
+        workers = self.hp.num_workers if workers is None else workers
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0, drop_last=False
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=persistent and workers > 0
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') first")
-        workers = self.hp.num_workers
         # Shuffled per sub-epoch by (seed, sub-epoch) and augmented per item by (seed, sub-epoch,
         # row): training resumed at a sub-epoch boundary repeats the uninterrupted run exactly.
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.hp.batch_size,
-            sampler=SubEpochSampler(self.train_dataset),
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
+        return self._loader(self.train_dataset, self.hp.batch_size, sampler=SubEpochSampler(self.train_dataset))
 
     def _eval_loader(self, dataset: ImageDataset, limit: Any) -> DataLoader[Any]:
         if limit is None or limit == 1.0:
-            return self._loader(dataset, self.hp.eval_batch_size, shuffle=False)
+            return self._loader(dataset, self.hp.eval_batch_size)
         # A limited run takes the first batches: interleave database and queries so that those
         # batches hold both in proportion (listed database first, they would hold no query).
-        workers = self.hp.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hp.eval_batch_size,
-            sampler=interleaved_order(dataset),
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
+        return self._loader(dataset, self.hp.eval_batch_size, sampler=interleaved_order(dataset))
 
     def _limit(self, name: str) -> Any:
         trainer = getattr(self, "trainer", None)
@@ -408,7 +405,7 @@ class VPRDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Any]:
         if self.predict_dataset is None:
             raise RuntimeError("call setup('predict') first")
-        return self._loader(self.predict_dataset, self.hp.eval_batch_size, shuffle=False)
+        return self._loader(self.predict_dataset, self.hp.eval_batch_size)
 
     def train_images_dataloader(self, ids: Sequence[int] | np.ndarray | None = None, key: str = "image") -> DataLoader[Any]:
         """Training images (database then queries), un-augmented, for encoding passes.
@@ -425,6 +422,5 @@ class VPRDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup('fit') first")
         ids = np.arange(len(self.train_images)) if ids is None else np.asarray(ids, dtype=np.int64)
         workers = self.hp.num_workers if len(ids) > self.hp.eval_batch_size else 0
-        return DataLoader(
-            EncodingView(self.train_images, ids, key), batch_size=self.hp.eval_batch_size, shuffle=False, num_workers=workers
-        )
+        view = EncodingView(self.train_images, ids, key)
+        return self._loader(view, self.hp.eval_batch_size, workers=workers, persistent=False)
