@@ -1,7 +1,7 @@
 """Recall@N compute time against its limits, side by side in one run; writes JSON.
 
 Compares, on the same random L2-normalised descriptors:
-  metric   structvpr RecallAtN with its default backend (auto: the faster of the two, timed once): update with every
+  metric   structvpr RecallAtN with its default backend (auto: faiss flat on CPU): update with every
            descriptor, then compute (dedupe, search, hits)
   metric_torch  the same with backend="torch" (the chunked matrix product, the GPU path)
   bare     the compute limit: a chunked matrix product with top-k, nothing else

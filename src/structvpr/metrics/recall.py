@@ -210,7 +210,7 @@ class RecallAtN(Metric):
         radius: A database image within this many metres of the query is correct.
         positives: Optional per-query lists of positive database indices (query order);
             when given they replace the radius rule (frame windows, precomputed GT).
-        backend: ``auto`` (the faster exact search here: :func:`~structvpr.retrieval.search.resolve_backend`), ``torch`` or
+        backend: ``auto`` (faiss flat on CPU, the chunked matrix product on GPU), ``torch`` or
             ``faiss``; exact ties go to the lower database index in every backend.
         database_groups: Optional group (panorama id) of every database item in dataset
             order: one hit per group is counted (see :func:`first_positive_rank`).

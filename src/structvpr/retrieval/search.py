@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -28,58 +27,18 @@ def faiss_available() -> bool:
     return True
 
 
-#: Choose the CPU search by timing both once only for searches of at least this many
-#: multiply-adds (queries x database x dim); smaller ones take faiss, fast either way.
-CALIBRATE_MIN = 2e9
-#: ``STRUCTVPR_SEARCH=torch`` or ``faiss`` fixes what ``auto`` means on CPU (no timing).
-SEARCH_ENV = "STRUCTVPR_SEARCH"
-_cpu_choice: dict[int, Literal["torch", "faiss"]] = {}
+def resolve_backend(backend: Backend, device: torch.device | str) -> Literal["torch", "faiss"]:
+    """The exact search ``auto`` stands for on ``device``.
 
-
-def _time_cpu_backends(dim: int) -> Literal["torch", "faiss"]:
-    """The faster exact search for ``dim``-d descriptors on this CPU, from one short timing of each."""
-    import time
-
-    gen = torch.Generator().manual_seed(0)
-    rows = max(1024, int(2e9 / (512 * dim)))  # about 2e9 multiply-adds each
-    queries, database = torch.randn(512, dim, generator=gen), torch.randn(rows, dim, generator=gen)
-    took = {}
-    for name, run in (("faiss", _faiss_knn), ("torch", lambda q, d, k: _torch_knn(q, d, k, 1024, 65536))):
-        run(queries[:8], database[:64], 10)  # warm-up
-        start = time.perf_counter()
-        run(queries, database, 18)
-        took[name] = time.perf_counter() - start
-    return "torch" if took["torch"] < took["faiss"] else "faiss"
-
-
-def resolve_backend(
-    backend: Backend, device: torch.device | str, shape: tuple[int, int, int] | None = None
-) -> Literal["torch", "faiss"]:
-    """The exact search ``auto`` stands for on ``device`` for a search of ``shape`` (queries, database, dim).
-
-    On a GPU, the chunked matrix product on the device (no copy to the host; faiss-gpu is used
-    only when asked for by name). On CPU the faster of faiss's flat index and the chunked matrix
-    product is not the same on every processor (faiss was 1.5x faster on one, torch 3-5x on
-    another), so for a large search (:data:`CALIBRATE_MIN`) ``auto`` times both once per process and
-    descriptor size and keeps the faster; small searches and machines without faiss take faiss or
-    torch directly. ``STRUCTVPR_SEARCH`` fixes the choice. Both give the same neighbours (ties
-    settled by the lower index).
+    On CPU, faiss's flat index when faiss is installed (1.5-1.8x faster than a chunked matrix
+    product here, ``benchmarks/recall.py``); on a GPU, the chunked matrix product on the
+    device (no copy to the host; faiss-gpu is used only when asked for by name).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if torch.device(device).type != "cpu" or not faiss_available():
-        return "torch"
-    forced = os.environ.get(SEARCH_ENV)
-    if forced in ("torch", "faiss"):
-        return forced  # type: ignore[return-value]
-    if shape is None or shape[0] * shape[1] * shape[2] < CALIBRATE_MIN:
-        return "faiss"
-    dim = shape[2]
-    if dim not in _cpu_choice:
-        _cpu_choice[dim] = _time_cpu_backends(dim)
-    return _cpu_choice[dim]
+    return "faiss" if torch.device(device).type == "cpu" and faiss_available() else "torch"
 
 
 def knn(
@@ -117,8 +76,7 @@ def knn(
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, database.shape[0])
     depth = min(k + TIE_MARGIN, database.shape[0])
-    shape = (queries.shape[0], database.shape[0], queries.shape[1])
-    if resolve_backend(backend, queries.device, shape) == "faiss":
+    if resolve_backend(backend, queries.device) == "faiss":
         scores, found = _faiss_knn(queries, database, depth)
     else:
         scores, found = _torch_knn(queries, database, depth, query_chunk, database_chunk)

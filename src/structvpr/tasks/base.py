@@ -41,8 +41,8 @@ class VPRTask(pl.LightningModule):
         recall_ns: N of the Recall@N logged as ``val/R@N`` and ``test/R@N``.
         eval_radius: Metres within which a retrieved database image is correct.
         kmeans_images: Training images whose trunk features initialise NetVLAD by k-means.
-        search_backend: Exact search for evaluation, mining and ranks: ``auto`` (the faster of faiss flat and
-            the chunked matrix product on this CPU; torch on GPU: :func:`structvpr.retrieval.search.resolve_backend`),
+        search_backend: Exact search for evaluation, mining and ranks: ``auto`` (faiss flat on CPU, the
+            chunked matrix product on GPU; see :func:`structvpr.retrieval.search.resolve_backend`),
             ``torch`` or ``faiss``.
         trunk_frozen_below: Train only the trunk from this stage on (``conv5`` for VGG16, as the
             NetVLAD and VG-benchmark references; a module name such as ``layer4`` for other timm trunks).

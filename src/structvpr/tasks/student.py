@@ -41,8 +41,7 @@ class StructVPRStudent(VPRTask):
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``auto`` (the faster exact search here; see :func:`~structvpr.retrieval.search.resolve_backend`),
-            ``torch`` or ``faiss``.
+        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
         trunk_frozen_below: Train only the trunk from this stage on (``conv5`` for VGG16, as the
             NetVLAD and VG-benchmark references; a module name such as ``layer4`` for other timm trunks).
         rerank_top_k: When set, ``test`` also re-ranks the top-K global candidates by verified

@@ -30,8 +30,7 @@ class SegTeacher(VPRTask):
         recall_ns: N of the logged Recall@N.
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``auto`` (the faster exact search here; see :func:`~structvpr.retrieval.search.resolve_backend`),
-            ``torch`` or ``faiss``.
+        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
 
     """
 
