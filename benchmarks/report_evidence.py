@@ -384,7 +384,7 @@ def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: 
         prev = json.loads(previous.read_text())
         for row in EXTENSION_ROWS:
             per_world[row].update(prev["test_per_world"].get(row, {}))
-        source.update({str(w): str(previous) for w in prev["design"]["complete_worlds"]})
+        source.update({str(w): previous.name for w in prev["design"]["complete_worlds"]})  # names, not machine paths
     curves: dict[str, list[list[dict[str, float]]]] = {row: [] for row in EXTENSION_ROWS}
     for world in sorted(work.glob("world*")):
         if world.name in skip or not world.is_dir():
@@ -398,9 +398,10 @@ def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: 
                 per_world[row][seed] = round(rows[row]["test"]["R@1"], 2)
                 curves[row].append(rows[row]["curve"])
         if rows:
-            source[seed] = str(work)
+            source[seed] = work.name
+    worlds = dict(sorted(source.items(), key=lambda kv: int(kv[0])))
     out: dict[str, Any] = {
-        "design": {"base_epochs": base_epochs, "continuation_epochs": cont_epochs, "worlds": source, "chosen": chosen}
+        "design": {"base_epochs": base_epochs, "continuation_epochs": cont_epochs, "worlds": worlds, "chosen": chosen}
     }
     out["test_per_world"] = per_world
     out["test"] = {row: {"R@1": interval(list(v.values()))} for row, v in per_world.items() if v}

@@ -106,7 +106,7 @@ def test_extension_pools_an_earlier_report_with_new_worlds(tmp_path):
     assert out["paired_R@1"]["uniform - self_distill"]["worlds"] == [0, 1]
     assert "scratch - uniform" not in out["paired_R@1"]  # one world only
     assert out["val_curves"]["lambda0"] == {"worlds": 2, "mean_val_R@1": [40.0, 45.0, 46.0], "last3_change": 6.0}
-    assert out["design"]["worlds"] == {"0": str(previous), "1": str(previous), "5": str(work), "6": str(work)}
+    assert out["design"]["worlds"] == {"0": "previous.json", "1": "previous.json", "5": "work", "6": "work"}
     assert "| uniform - lambda0 |" in report.extension_markdown(out)
 
 
