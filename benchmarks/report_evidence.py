@@ -349,10 +349,15 @@ def write_report(work: Path, out_prefix: Path, **design: Any) -> dict[str, Any]:
     wall = work / "wall_seconds.json"
     if wall.exists():
         out["wall_seconds"] = json.loads(wall.read_text())["seconds"]
+    return _write(out, out_prefix, markdown(out))
+
+
+def _write(out: dict[str, Any], out_prefix: Path, text: str) -> dict[str, Any]:
+    """``OUT.json`` and ``OUT.md`` (printed too)."""
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out_prefix}.json").write_text(json.dumps(out, indent=1))
-    Path(f"{out_prefix}.md").write_text(markdown(out))
-    print(markdown(out))
+    Path(f"{out_prefix}.md").write_text(text)
+    print(text)
     return out
 
 
@@ -460,8 +465,4 @@ def extension_markdown(out: dict[str, Any]) -> str:
 
 def write_extension(work: Path, out_prefix: Path, previous: Path | None = None, **design: Any) -> dict[str, Any]:
     out = extension(work, previous, **design)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out_prefix}.json").write_text(json.dumps(out, indent=1))
-    Path(f"{out_prefix}.md").write_text(extension_markdown(out))
-    print(extension_markdown(out))
-    return out
+    return _write(out, out_prefix, extension_markdown(out))

@@ -41,14 +41,13 @@ def test_synth_command_writes_a_world(tmp_path, capsys):
     assert "preset tiny, seed 1, label noise 0.2" in out
 
 
-@pytest.fixture(scope="module")
-def teacher_ckpt(tiny_world, tmp_path_factory, repo_root):
-    out = tmp_path_factory.mktemp("cli-teacher")
+def _fit_tiny(config, tiny_world, out):
+    """The best checkpoint of a CLI fit of a synthetic config on the tiny world at 32x64 (TINY)."""
     cli = cli_main(
         [
             "fit",
             "--config",
-            str(repo_root / "lightning_configs/synthetic/teacher.yaml"),
+            str(config),
             f"--data.init_args.root={tiny_world}",
             f"--trainer.default_root_dir={out}",
             "--trainer.logger=false",
@@ -58,6 +57,11 @@ def teacher_ckpt(tiny_world, tmp_path_factory, repo_root):
     path = cli.trainer.checkpoint_callback.best_model_path
     assert Path(path).is_file()
     return path
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tiny_world, tmp_path_factory, repo_root):
+    return _fit_tiny(repo_root / "lightning_configs/synthetic/teacher.yaml", tiny_world, tmp_path_factory.mktemp("cli-teacher"))
 
 
 def test_teacher_config_trains(teacher_ckpt):
@@ -148,19 +152,7 @@ def _msls_tree(root):
 @pytest.fixture(scope="module")
 def student_ckpt(tiny_world, tmp_path_factory, repo_root):
     """A baseline trained through the CLI at 32x64 (TINY)."""
-    out = tmp_path_factory.mktemp("cli-student")
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(repo_root / "lightning_configs/synthetic/baseline.yaml"),
-            f"--data.init_args.root={tiny_world}",
-            f"--trainer.default_root_dir={out}",
-            "--trainer.logger=false",
-            *TINY,
-        ]
-    )
-    return cli.trainer.checkpoint_callback.best_model_path
+    return _fit_tiny(repo_root / "lightning_configs/synthetic/baseline.yaml", tiny_world, tmp_path_factory.mktemp("cli-student"))
 
 
 def test_test_feeds_the_checkpoint_its_training_size_unless_the_command_line_sets_another(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from structvpr.errors import CheckpointMismatchError, MissingCheckpointError
+from structvpr.utils.io import read_checkpoint
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: Init arguments that fix a model's architecture: a checkpoint must agree with the config on them.
@@ -29,10 +30,7 @@ def check_checkpoint_matches(ckpt_path: str | Path, model_config: Any) -> None:
     Raises:
         CheckpointMismatchError: naming both classes or the differing init arguments.
     """
-    import torch
-
-    ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-    saved = dict(ckpt.get("hyper_parameters", {}))
+    saved = dict(read_checkpoint(ckpt_path).get("hyper_parameters", {}))
     config = _plain(model_config) or {}
     saved_class, config_class = saved.get("_class_path"), config.get("class_path")
     if saved_class and config_class and saved_class != config_class:
@@ -61,11 +59,9 @@ def checkpoint_input_size(ckpt_path: str | Path) -> list[int] | None:
         CheckpointMismatchError: when the checkpoint records a normalisation other than the
             ImageNet mean and std every structvpr data source applies.
     """
-    import torch
-
     from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
-    spec = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("structvpr_input") or {}
+    spec = read_checkpoint(ckpt_path).get("structvpr_input") or {}
     for name, expected in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         found = spec.get(name)
         if found is not None and [round(float(v), 4) for v in found] != [round(float(v), 4) for v in expected]:

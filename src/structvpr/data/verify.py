@@ -39,29 +39,21 @@ def _signature(path: str) -> str | None:
     return f"{st.st_size} {st.st_mtime_ns}"
 
 
-def _check_image(path: str) -> str | None:
-    from structvpr.data.datasets import load_rgb
-
+def _problem(path: str, load: Callable[[str], object]) -> str | None:
+    """Why ``path`` cannot be used (``missing``, or the reader's message without the path), else None."""
     if not os.path.isfile(path):
         return "missing"
     try:
-        load_rgb(path)  # a full decode: finds truncated files
+        load(path)
     except StructVPRInputError as err:
         return str(err).split(": ", 1)[-1]
     return None
 
 
-def _label_checker(grouping: ClassGrouping | None) -> Callable[[str], str | None]:
-    def check(path: str) -> str | None:
-        if not os.path.isfile(path):
-            return "missing"
-        try:
-            load_label_map(path, grouping)  # a full decode, and ids checked against the taxonomy
-        except StructVPRInputError as err:
-            return str(err).split(": ", 1)[-1]
-        return None
+def _check_image(path: str) -> str | None:
+    from structvpr.data.datasets import load_rgb
 
-    return check
+    return _problem(path, load_rgb)  # a full decode: finds truncated files
 
 
 def verify_files(
@@ -91,7 +83,10 @@ def verify_files(
 
     """
     names = [str(p) for p in paths]
-    check = _check_image if kind == "image" else _label_checker(grouping)
+    if kind == "image":
+        check = _check_image
+    else:  # a full decode, and ids checked against the taxonomy
+        check = lambda path: _problem(path, lambda p: load_label_map(p, grouping))  # noqa: E731
     taxonomy = "" if grouping is None else f"{len(grouping.classes)}:{grouping.ignore_id}"
     store = cache_dir() / f"{kind}-{hashlib.sha1(taxonomy.encode()).hexdigest()[:10]}.txt"
     known: dict[str, str] = {}

@@ -17,6 +17,7 @@ from structvpr.losses import REFERENCE_MARGIN, distillation_loss, weighted_mean
 from structvpr.models.encoder import ModuleFactory
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
+from structvpr.utils.io import read_checkpoint
 
 
 class StructVPRDistillation(StructVPRStudent):
@@ -255,7 +256,7 @@ def _check_weights(indices: torch.Tensor, weights: torch.Tensor, size: int, what
 def _check_teacher_class(path: str, teacher_input: str) -> None:
     """A label-map teacher must be a SegTeacher checkpoint, an RGB one a StructVPRStudent's (saved ``num_groups``)."""
     # Memory-mapped: only the hyper-parameters are read here, not the weights loaded right after.
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    saved = read_checkpoint(path).get("hyper_parameters", {})
     is_segteacher = "num_groups" in saved
     if is_segteacher != (teacher_input == "label"):
         held, wanted = ("a SegTeacher", "StructVPRStudent") if is_segteacher else ("an RGB model", "SegTeacher")

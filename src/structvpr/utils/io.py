@@ -33,3 +33,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's top-level dict, memory-mapped: its metadata is read without loading every weight.
+
+    Read with ``weights_only=True`` (no pickled code runs). Files of torch's legacy format, which
+    cannot be mapped, are read whole.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
