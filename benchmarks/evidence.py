@@ -509,7 +509,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/evidence", type=Path, help="report: writes OUT.json and OUT.md")
     parser.add_argument("--worlds", type=world_range, help="rows: these final worlds (5-10, or 5,7) instead of all")
     parser.add_argument("--only", help="rows with --worlds: only these rows (comma-separated, scratch allowed)")
-    parser.add_argument("--previous", type=Path, help="extend: an earlier report whose per-world R@1 are pooled")
+    parser.add_argument(
+        "--previous", type=Path, action="append", help="extend: an earlier report whose per-world R@1 are pooled (repeatable)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a few-minute run of every phase on the tiny preset")
     ns = parser.parse_args()
     if ns.smoke:

@@ -369,15 +369,30 @@ EXTENSION_PAIRS = (
     ("uniform", "baseline_full", "distillation over the full-budget baseline"),
     ("scratch", "baseline_full", "distilled from the start over the full-budget baseline"),
     ("scratch", "uniform", "from the start over from the baseline (same epochs)"),
+    ("meanone", "uniform", "StructVPR weights (mean 1, per query) over uniform"),
+    ("meanone_image", "uniform", "StructVPR weights (mean 1, per image) over uniform"),
+    ("oracle", "uniform", "a perfect noise detector over uniform"),
 )
-EXTENSION_ROWS = ("teacher", "baseline_full", "lambda0", "uniform", "self_distill", "scratch")
+EXTENSION_ROWS = (
+    "teacher",
+    "baseline_full",
+    "lambda0",
+    "uniform",
+    "self_distill",
+    "scratch",
+    "meanone",
+    "meanone_image",
+    "oracle",
+)
 
 
-def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: int) -> dict[str, Any]:
-    """Pool the per-world test R@1 of an earlier report with the worlds finished under ``work``.
+def extension(work: Path, previous: Path | Sequence[Path] | None, base_epochs: int, cont_epochs: int) -> dict[str, Any]:
+    """Pool the per-world test R@1 of earlier reports with the worlds finished under ``work``.
 
     Worlds are the directories ``work/world<seed>`` other than the tuning and confirmation worlds
     of ``chosen.json``; a world counts for a comparison when both of its rows finished there.
+    ``previous`` is a first report (``evidence.py report``) or an earlier extension, or several:
+    a row's R@1 on one world may come from more than one of them only if they agree.
     """
     chosen_file = json.loads((work / "chosen.json").read_text())
     chosen = dict(chosen_file["chosen"])
@@ -385,18 +400,23 @@ def extension(work: Path, previous: Path | None, base_epochs: int, cont_epochs: 
     skip = {f"world{chosen_file['tune_seed']}", f"world{chosen_file.get('confirm_seed', -1)}"}
     per_world: dict[str, dict[str, float]] = {row: {} for row in EXTENSION_ROWS}
     source: dict[str, str] = {}
-    if previous is not None:
-        prev = json.loads(previous.read_text())
+    previous = [previous] if isinstance(previous, Path) else list(previous or ())
+    for prev_path in previous:
+        prev = json.loads(prev_path.read_text())
         for row in EXTENSION_ROWS:
-            per_world[row].update(prev["test_per_world"].get(row, {}))
-        source.update({str(w): previous.name for w in prev["design"]["complete_worlds"]})  # names, not machine paths
+            for w, r1 in prev["test_per_world"].get(row, {}).items():
+                if per_world[row].setdefault(w, r1) != r1:
+                    raise SystemExit(f"{prev_path}: {row} on world {w} is {r1}, an earlier report says {per_world[row][w]}")
+        worlds = prev["design"].get("complete_worlds", prev["design"].get("worlds"))  # a report, or an extension
+        for w in worlds:
+            source.setdefault(str(w), prev_path.name)  # names, not machine paths
     curves: dict[str, list[list[dict[str, float]]]] = {row: [] for row in EXTENSION_ROWS}
     for world in sorted(work.glob("world*")):
         if world.name in skip or not world.is_dir():
             continue
         seed = world.name[len("world") :]
         if seed in source:
-            raise SystemExit(f"{world}: world {seed} is already in {previous}")
+            raise SystemExit(f"{world}: world {seed} is already in {source[seed]}")
         rows = world_rows(world, chosen)
         for row in EXTENSION_ROWS:
             if row in rows:

@@ -110,6 +110,48 @@ def test_extension_pools_an_earlier_report_with_new_worlds(tmp_path):
     assert "| uniform - lambda0 |" in report.extension_markdown(out)
 
 
+def test_extension_pools_a_report_and_an_earlier_extension(tmp_path):
+    """A first report (weighting rows on worlds 0-1) and an extension of it (key rows on worlds 0-2):
+    the rows are unioned per world, a world keeps the name of the first file that has it, and two
+    files that disagree on one row and world are refused."""
+    import json
+
+    chosen = {row: {"distill_weight": 10.0, "tau": 5, "alpha": 1.0} for row in ("uniform", "oracle")}
+    chosen["lambda0"] = {"distill_weight": 0.0, "tau": 5, "alpha": 1.0}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "chosen.json").write_text(json.dumps({"tune_seed": 100, "confirm_seed": 101, "chosen": chosen}))
+    first = tmp_path / "evidence.json"
+    first.write_text(
+        json.dumps(
+            {
+                "design": {"complete_worlds": [0, 1]},
+                "test_per_world": {"uniform": {"0": 50.0, "1": 52.0}, "oracle": {"0": 49.0, "1": 55.0}},
+            }
+        )
+    )
+    ext = tmp_path / "evidence_extended.json"
+    ext.write_text(
+        json.dumps(
+            {
+                "design": {"worlds": {"0": "evidence.json", "1": "evidence.json", "2": "evidence"}},
+                "test_per_world": {"uniform": {"0": 50.0, "1": 52.0, "2": 40.0}},
+            }
+        )
+    )
+    _result(work / "world3" / "uniform" / "lam10_tau5_alpha1", 45.0)
+    _result(work / "world3" / "oracle" / "lam10_tau5_alpha1", 46.0)
+    out = report.extension(work, [first, ext], base_epochs=24, cont_epochs=6)
+    assert out["test_per_world"]["uniform"] == {"0": 50.0, "1": 52.0, "2": 40.0, "3": 45.0}
+    # oracle - uniform over worlds 0, 1, 3: -1, +3, +1
+    p = out["paired_R@1"]["oracle - uniform"]
+    assert (p["worlds"], p["mean"], p["wins"], p["losses"]) == ([0, 1, 3], 1.0, 2, 1)
+    assert out["design"]["worlds"] == {"0": "evidence.json", "1": "evidence.json", "2": "evidence_extended.json", "3": "work"}
+    ext.write_text(ext.read_text().replace('"1": 52.0', '"1": 53.0'))
+    with pytest.raises(SystemExit, match="uniform on world 1 is 53.0, an earlier report says 52.0"):
+        report.extension(work, [first, ext], base_epochs=24, cont_epochs=6)
+
+
 @pytest.mark.slow
 def test_the_whole_experiment_runs_on_the_tiny_preset(tmp_path, repo_root):
     """Every phase of benchmarks/run_evidence.sh, --smoke: a report with every row, the oracle's mass on
