@@ -179,3 +179,33 @@ def test_freezing_a_timm_trunk_below_a_stage_stops_its_gradients_and_batchnorm_s
         TimmTrunk("vgg16").freeze_below("conv6")
     with pytest.raises(ValueError, match="trunk_frozen_below needs a timm trunk, got SimpleCNN"):
         StructVPRStudent(trunk_frozen_below="conv5")
+
+
+def test_teacher_student_keeps_the_teacher_frozen_in_eval_mode_and_distils_known_distances():
+    import doctest
+
+    from structvpr.losses import distillation_loss
+    from structvpr.models import PlaceEncoder, TeacherStudent
+    from structvpr.models import teacher_student as module
+
+    torch.manual_seed(0)
+    pair = TeacherStudent(PlaceEncoder(3), PlaceEncoder(6))
+    pair.train()
+    assert pair.student.training and not pair.teacher.training
+    assert not any(p.requires_grad for p in pair.teacher.parameters())
+    rgb, maps = torch.rand(2, 3, 3, 32, 32), torch.rand(2, 3, 6, 32, 32)
+    targets = pair.teacher_tuples(maps)
+    assert not targets.requires_grad
+    # the teacher's descriptors of every view, one image at a time
+    assert torch.allclose(targets[1, 2], pair.teacher.pooled(maps[1, 2:3])[0], atol=1e-6)
+    weights = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 0.5]])
+    student, loss = pair.distillation(rgb, targets, weights)
+    manual = ((student - targets).pow(2).sum(-1) * weights).mean(-1)
+    assert torch.allclose(loss, manual) and torch.allclose(loss, distillation_loss(student, targets, weights))
+    loss.sum().backward()
+    assert all(p.grad is None for p in pair.teacher.parameters())
+    assert any(p.grad is not None for p in pair.student.parameters())
+    assert torch.equal(pair(rgb[:, 0]), pair.student(rgb[:, 0]))
+    with pytest.raises(ValueError, match="teacher descriptors have 2048 dimensions but the student's have 128"):
+        TeacherStudent(PlaceEncoder(3), PlaceEncoder(6, aggregator="netvlad", num_clusters=16))
+    assert doctest.testmod(module).failed == 0

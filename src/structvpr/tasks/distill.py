@@ -13,8 +13,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from structvpr.bank import DescriptorBank
 from structvpr.data.datasets import is_geometric
-from structvpr.losses import REFERENCE_MARGIN, distillation_loss, weighted_mean
+from structvpr.losses import REFERENCE_MARGIN, weighted_mean
 from structvpr.models.encoder import ModuleFactory
+from structvpr.models.teacher_student import TeacherStudent
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
 from structvpr.utils.io import read_checkpoint
@@ -37,7 +38,8 @@ class StructVPRDistillation(StructVPRStudent):
     reading the same RGB images, so an experiment can tell what the label maps add over
     distillation as such.
 
-    The teacher is frozen, kept in eval mode and out of the optimiser. With
+    The pair is a plain :class:`~structvpr.models.TeacherStudent` (``self.model``): the teacher is
+    frozen, kept in eval mode and out of the optimiser. With
     ``cache_teacher`` and no geometric augmentation (the default), its descriptors of the
     sub-epoch's images are computed once per sub-epoch from the un-augmented label maps
     (exact: photometric jitter leaves label maps alone), shared with the sample weighting,
@@ -127,7 +129,7 @@ class StructVPRDistillation(StructVPRStudent):
             if path is not None and not Path(path).is_file() and not reloading:
                 raise FileNotFoundError(f"{name}: {path} does not exist")
         if teacher_hparams is not None:
-            self.teacher = teacher_cls(**teacher_hparams).encoder
+            teacher = teacher_cls(**teacher_hparams).encoder
         elif teacher_ckpt is None:
             raise ValueError("teacher_ckpt is required: the SegTeacher checkpoint to distil from")
         else:
@@ -136,14 +138,12 @@ class StructVPRDistillation(StructVPRStudent):
             names = inspect.signature(teacher_cls.__init__).parameters
             # Saved with this task's hyper-parameters: a checkpoint rebuilds the teacher without its file.
             self.hparams["teacher_hparams"] = {k: v for k, v in loaded.hparams.items() if k in names}
-            self.teacher = loaded.encoder
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
-        if self.teacher.pooled_dim != self.encoder.pooled_dim:
-            raise ValueError(
-                f"teacher descriptors have {self.teacher.pooled_dim} dimensions but the student's have "
-                f"{self.encoder.pooled_dim}: give the student the teacher's trunk width and aggregator"
-            )
+            teacher = loaded.encoder
+        pair = TeacherStudent(self.encoder, teacher)
+        # The pair's modules are registered as ``encoder`` and ``teacher`` (the checkpoint keys of
+        # every earlier version); the pair itself is a plain attribute, so nothing is saved twice.
+        object.__setattr__(self, "model", pair)
+        self.teacher = pair.teacher
         if student_ckpt is not None and not reloading:
             start = StructVPRStudent.load_from_checkpoint(student_ckpt, map_location="cpu", weights_only=True)
             self.encoder.load_state_dict(start.encoder.state_dict())
@@ -153,6 +153,9 @@ class StructVPRDistillation(StructVPRStudent):
         self.teacher_cached = cache_teacher
         #: The teacher's descriptors of the current sub-epoch's images (kept for one sub-epoch).
         self.banks["teacher"] = DescriptorBank(self.teacher, self.teacher_key, "teacher")
+
+    #: The plain teacher-student module (the student is this task's ``encoder``).
+    model: TeacherStudent
 
     def train(self, mode: bool = True) -> StructVPRDistillation:
         super().train(mode)
@@ -225,15 +228,12 @@ class StructVPRDistillation(StructVPRStudent):
         if self.teacher_cached:
             ids = batch["image_index"]
             return self.banks["teacher"].descriptors(ids.flatten().cpu().numpy()).view(*ids.shape, -1).to(self.device)
-        labels = batch[self.teacher_key]
-        with torch.no_grad():
-            return self.teacher.pooled(labels.flatten(0, 1)).view(*labels.shape[:2], -1)
+        return self.model.teacher_tuples(batch[self.teacher_key])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        student = self.encode_tuples(batch["image"])
-        triplet = self.triplet_loss(student)
         image_weights = self.image_weights[batch["image_index"].to(self.image_weights.device)]
-        distill = distillation_loss(student, self.teacher_targets(batch), image_weights)
+        student, distill = self.model.distillation(batch["image"], self.teacher_targets(batch), image_weights)
+        triplet = self.triplet_loss(student)
         weights = self.sample_weights[batch["index"]]
         loss = triplet.mean() + self.hp.distill_weight * weighted_mean(distill, weights)
         self.check_finite(loss, batch)
