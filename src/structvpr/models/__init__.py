@@ -2,8 +2,26 @@
 
 from structvpr.models.aggregators import GeM, NetVLAD
 from structvpr.models.backbones import SimpleCNN, TimmTrunk, Trunk, build_trunk
+from structvpr.models.boq import BoQ
 from structvpr.models.encoder import PlaceEncoder
+from structvpr.models.mixvpr import MixVPR
 from structvpr.models.pca import PCAWhitening
+from structvpr.models.salad import SALAD
 from structvpr.models.teacher_student import TeacherStudent
+from structvpr.models.vit import ViTTrunk
 
-__all__ = ["GeM", "NetVLAD", "PCAWhitening", "PlaceEncoder", "SimpleCNN", "TeacherStudent", "TimmTrunk", "Trunk", "build_trunk"]
+__all__ = [
+    "SALAD",
+    "BoQ",
+    "GeM",
+    "MixVPR",
+    "NetVLAD",
+    "PCAWhitening",
+    "PlaceEncoder",
+    "SimpleCNN",
+    "TeacherStudent",
+    "TimmTrunk",
+    "Trunk",
+    "ViTTrunk",
+    "build_trunk",
+]

@@ -222,7 +222,9 @@ def load_trunk_weights(body: nn.Module, path: str | Path, name: str, prefix: str
 
 
 def build_trunk(name: str | Callable[[int], nn.Module], in_chans: int, pretrained_path: str | None = None) -> nn.Module:
-    """``simple`` for :class:`SimpleCNN`, any other string a timm name for :class:`TimmTrunk`, or a
+    """``simple`` for :class:`SimpleCNN`, a timm ViT name (``vit_small_patch14_dinov2``, ...) for
+    :class:`~structvpr.models.ViTTrunk` (224 position grid, every block trained), any other string a
+    timm name for :class:`TimmTrunk`, or a
     callable building a trunk from the input channels (a config ``class_path``): a module
     ``(B, in_chans, H, W) -> (B, C, h, w)`` with an ``out_channels`` attribute."""  # noqa: D205
     if in_chans < 1:
@@ -236,4 +238,8 @@ def build_trunk(name: str | Callable[[int], nn.Module], in_chans: int, pretraine
         if pretrained_path is not None:
             raise ValueError("the simple trunk has no pretrained weights; set pretrained_path=None")
         return SimpleCNN(in_chans)
+    if name.startswith("vit_"):
+        from structvpr.models.vit import ViTTrunk
+
+        return ViTTrunk(in_chans, name, pretrained_path=pretrained_path)
     return TimmTrunk(name, in_chans, pretrained_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,10 @@ class PlaceEncoder(nn.Module):
             output channels, e.g. a class ``MyPool(channels, ...)``: the module maps ``(B, C, h, w)``
             to ``(B, D)`` and has ``output_dim(channels) -> D`` (from a config:
             ``aggregator: {class_path: my_package.MyPool, init_args: {...}}``, with
-            ``channels`` filled in here).
+            ``channels`` filled in here; :class:`~structvpr.models.MixVPR`,
+            :class:`~structvpr.models.SALAD` and :class:`~structvpr.models.BoQ` are such classes).
+            An aggregator with ``uses_token = True`` (SALAD) gets ``(fmap, cls_token)`` from a
+            trunk that has a CLS token.
         num_clusters: K of NetVLAD.
         pretrained_path: Local weight file for a timm trunk.
         pca_dim: Output size of PCA-whitening (identity until fitted, e.g. by
@@ -74,12 +78,26 @@ class PlaceEncoder(nn.Module):
         """``(B, C_in, H, W) -> (B, C, h, w)`` trunk feature map (also used for re-ranking)."""
         return self.trunk(x)
 
+    @property
+    def passes_token(self) -> bool:
+        """Whether the aggregator gets ``(fmap, cls_token)``: it declares ``uses_token`` and the trunk
+        has a CLS token (``forward_with_token``, as :class:`~structvpr.models.ViTTrunk`)."""  # noqa: D205
+        return bool(getattr(self.aggregator, "uses_token", False)) and hasattr(self.trunk, "forward_with_token")
+
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W) -> (B, pooled_dim)`` L2-normalised descriptor before PCA."""
+        if self.passes_token:
+            with_token = cast(Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], self.trunk.forward_with_token)
+            return F.normalize(self.aggregator(with_token(x)), dim=-1)
         return F.normalize(self.aggregator(self.features(x)), dim=-1)
 
     def describe(self, fmap: torch.Tensor) -> torch.Tensor:
         """The :meth:`forward` descriptor from an already computed feature map ``(B, C, h, w)``."""
+        if self.passes_token:
+            raise ValueError(
+                f"{type(self.aggregator).__name__} reads the trunk's CLS token, which a feature map alone "
+                "does not carry: describe images with forward()"
+            )
         out = F.normalize(self.aggregator(fmap), dim=-1)
         return self.pca(out) if self.pca is not None else out
 
