@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 # teacher, the data pipeline or the training callbacks.
 _EXPORTS = {
     "ClassGrouping": "structvpr.data.labels",
+    "PlaceDataModule": "structvpr.data.places",
     "PlaceEncoder": "structvpr.models.encoder",
+    "PlaceStudent": "structvpr.tasks.place",
     "RecallAtN": "structvpr.metrics.recall",
     "SegTeacher": "structvpr.tasks.teacher",
     "StructVPRDistillation": "structvpr.tasks.distill",

@@ -312,24 +312,8 @@ class VPRDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read the splits the stage needs."""
         hp = self.hp
-        if stage in ("fit", None) and self.train_dataset is None:
-            if hp.train_benchmark is None:
-                database, queries = self._split("train")
-            else:
-                manifest = self._named(hp.train_benchmark)
-                database, queries = manifest.database, manifest.queries
-            if hp.held_out_fold is not None:
-                queries = self._without_fold(queries, hp.query_folds, hp.held_out_fold)
-            self.train_images = self._dataset(database, queries)
-            bank = self._dataset(
-                self.train_images.records[: self.train_images.num_database],
-                self.train_images.records[self.train_images.num_database :],
-                train_transform=True,
-                share=self.train_images,
-            )
-            self.train_dataset = TripletDataset(
-                bank, hp.num_negatives, hp.train_pos_radius, hp.train_neg_radius, hp.seed, hp.cache_queries
-            )
+        if stage in ("fit", None) and self.train_images is None:
+            self._setup_training()
         # Outside fit an RGB model is evaluated without label maps, so RGB-only folders need none.
         eval_labels = None if stage in ("fit", None) else bool(hp.with_labels) and self._model_reads_labels()
         if stage in ("fit", "validate", None) and self.val_dataset is None:
@@ -357,6 +341,31 @@ class VPRDataModule(pl.LightningDataModule):
             else:
                 self.predict_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split, eval_labels)
 
+    def _training_records(self) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """Database and query records of the training split (without the held-out fold)."""
+        hp = self.hp
+        if hp.train_benchmark is None:
+            database, queries = self._split("train")
+        else:
+            manifest = self._named(hp.train_benchmark)
+            database, queries = manifest.database, manifest.queries
+        if hp.held_out_fold is not None:
+            queries = self._without_fold(queries, hp.query_folds, hp.held_out_fold)
+        return database, queries
+
+    def _training_bank(self, database: list[ImageRecord], queries: list[ImageRecord]) -> ImageDataset:
+        """Sets ``train_images`` (un-augmented, for encoding passes) and returns the same images with the
+        training transform, sharing one decoded cache."""  # noqa: D205
+        self.train_images = self._dataset(database, queries)
+        return self._dataset(database, queries, train_transform=True, share=self.train_images)
+
+    def _setup_training(self) -> None:
+        hp = self.hp
+        bank = self._training_bank(*self._training_records())
+        self.train_dataset = TripletDataset(
+            bank, hp.num_negatives, hp.train_pos_radius, hp.train_neg_radius, hp.seed, hp.cache_queries
+        )
+
     @staticmethod
     def _without_fold(queries: list[ImageRecord], folds: int, fold: int) -> list[ImageRecord]:
         keep = [r for r, f in zip(queries, query_fold(np.arange(len(queries)), folds)) if f != fold]
@@ -365,7 +374,7 @@ class VPRDataModule(pl.LightningDataModule):
         return keep
 
     def _loader(
-        self, dataset: Any, batch_size: int, sampler: Any = None, workers: int | None = None, persistent: bool = True
+        self, dataset: Any, batch_size: int | None, sampler: Any = None, workers: int | None = None, persistent: bool = True
     ) -> DataLoader[Any]:
         """The one DataLoader factory: in order (or ``sampler``'s), the datamodule's workers, kept
         across epochs unless ``persistent`` is off (one-off encoding passes)."""  # noqa: D205

@@ -1,4 +1,4 @@
-"""LightningModules: the seg teacher, the RGB student (baseline) and weighted distillation."""
+"""LightningModules: the seg teacher, the RGB student (baseline), distillation, place-batch training."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ _EXPORTS = {
     "SegTeacher": "structvpr.tasks.teacher",
     "StructVPRStudent": "structvpr.tasks.student",
     "StructVPRDistillation": "structvpr.tasks.distill",
+    "PlaceStudent": "structvpr.tasks.place",
 }
 
 __all__ = list(_EXPORTS)

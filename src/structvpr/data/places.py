@@ -1,0 +1,293 @@
+"""Place batches (P places x K images), the training unit of the modern recipes (GSV-Cities, EigenPlaces).
+
+A *place* is a set of images of one location: a GSV-Cities ``place_id``, or, for any dataset with
+coordinates, a UTM cell of ``place_size_m`` metres (EigenPlaces' classes) with its database and
+query visits pooled, so that a place's K views span conditions. Cells are split into
+``group_spacing ** 2`` groups by ``(cell_east mod N, cell_north mod N)``; a batch draws its P
+places from one group, so two places of a batch are at least ``(N - 1) * place_size_m`` metres
+apart and the multi-similarity loss never treats views of one location as negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from structvpr.data.datamodule import VPRDataModule
+from structvpr.data.datasets import ImageDataset
+from structvpr.data.formats import read_gsv_cities
+from structvpr.data.vg import ImageRecord
+
+
+@dataclass(frozen=True)
+class Places:
+    """Images grouped into places, and places into groups whose members are far apart.
+
+    Attributes:
+        images: Per place, the image ids (sorted).
+        group: ``(num_places,)`` group of every place.
+        dropped: Places left out for having fewer than ``min_images`` images.
+        dropped_images: Images of those places.
+
+    """
+
+    images: list[np.ndarray]
+    group: np.ndarray
+    dropped: int
+    dropped_images: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def place_of(self, num_images: int) -> np.ndarray:
+        """``(num_images,)`` place of every image, -1 for the images of dropped places."""
+        out = np.full(num_images, -1, dtype=np.int64)
+        for p, ids in enumerate(self.images):
+            out[ids] = p
+        return out
+
+
+def utm_places(utm: np.ndarray, place_size_m: float, group_spacing: int, min_images: int) -> Places:
+    """Places as UTM cells of ``place_size_m`` metres; groups ``(cell mod group_spacing)`` per axis.
+
+    Args:
+        utm: ``(N, 2)`` east and north of every image.
+        place_size_m: Side of a cell (EigenPlaces: 15 m).
+        group_spacing: N: places of one group are at least ``(N - 1) * place_size_m`` apart (N >= 2).
+        min_images: Cells with fewer images are dropped (K of the batches).
+
+    """
+    if place_size_m <= 0:
+        raise ValueError(f"place_size_m must be > 0, got {place_size_m}")
+    if group_spacing < 2:
+        raise ValueError(f"group_spacing must be >= 2 (places of a group would touch), got {group_spacing}")
+    cells = np.floor(np.asarray(utm, dtype=np.float64) / place_size_m).astype(np.int64)
+    keys, inverse = np.unique(cells, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(keys)))[:-1])
+    keep = [i for i, m in enumerate(members) if len(m) >= min_images]
+    groups = (keys[:, 0] % group_spacing) * group_spacing + keys[:, 1] % group_spacing
+    dropped = [m for i, m in enumerate(members) if len(m) < min_images]
+    return Places(
+        images=[np.sort(members[i]) for i in keep],
+        group=groups[keep],
+        dropped=len(dropped),
+        dropped_images=int(sum(len(m) for m in dropped)),
+    )
+
+
+def labelled_places(place_ids: Sequence[Any], city: Sequence[str] | None, min_images: int) -> Places:
+    """Places from given ids (GSV-Cities' ``place_id``), one group per city (in-city batches)."""
+    key = [(c, p) for c, p in zip(city if city is not None else [""] * len(place_ids), place_ids)]
+    index: dict[tuple[str, Any], list[int]] = {}
+    for i, k in enumerate(key):
+        index.setdefault(k, []).append(i)
+    cities = sorted({c for c, _ in index})
+    images, group, dropped, dropped_images = [], [], 0, 0
+    for (c, _), ids in index.items():
+        if len(ids) < min_images:
+            dropped, dropped_images = dropped + 1, dropped_images + len(ids)
+            continue
+        images.append(np.array(ids, dtype=np.int64))
+        group.append(cities.index(c))
+    return Places(images, np.array(group, dtype=np.int64), dropped, dropped_images)
+
+
+def epoch_batches(places: Places, per_batch: int, per_place: int, seed: int, epoch: int) -> np.ndarray:
+    """``(num_batches, P, K)`` image ids of one epoch: every place at most once, P of one group per batch.
+
+    Each group's places are shuffled and cut into batches of P (a group's last, incomplete batch
+    is left out that epoch); the batches of all groups are then shuffled together, and each
+    place contributes K of its images drawn without replacement. Everything is seeded by
+    ``(seed, epoch)`` only, so an epoch's batches are the same whether the run got there in one
+    go or was resumed.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batches: list[np.ndarray] = []
+    for g in np.unique(places.group):
+        members = rng.permutation(np.flatnonzero(places.group == g))
+        for start in range(0, len(members) - per_batch + 1, per_batch):
+            batches.append(members[start : start + per_batch])
+    if not batches:
+        return np.zeros((0, per_batch, per_place), dtype=np.int64)
+    order = rng.permutation(len(batches))
+    out = np.empty((len(batches), per_batch, per_place), dtype=np.int64)
+    for b, i in enumerate(order):
+        for j, place in enumerate(batches[i]):
+            out[b, j] = rng.choice(places.images[place], size=per_place, replace=False)
+    return out
+
+
+class PlaceBatchDataset(Dataset[dict[str, Any]]):
+    """One item per batch of the current epoch: P places x K images from one group.
+
+    Items (collate with ``batch_size=None``) are dicts of
+
+    - ``image``: ``(P, K, 3, H, W)`` float32 RGB (training transform);
+    - ``label``: ``(P, K, G, H, W)`` one-hot label maps, through the same joint transform (with labels);
+    - ``place``: ``(P, K)`` int64 place ids (the metric loss's labels);
+    - ``image_index``: ``(P, K)`` int64 ids in ``bank``;
+    - ``utm``: ``(P, K, 2)`` float64 coordinates.
+
+    One dataset item is one whole batch, so a distributed sampler hands every process other
+    batches, never half a place. :meth:`set_epoch` (called by the task at each epoch start)
+    picks the epoch's batches; DataLoader workers read the epoch from shared memory, so they
+    need no restart.
+
+    Args:
+        bank: Training images with the training transform.
+        places: Their places (:func:`utm_places` or :func:`labelled_places`).
+        places_per_batch: P.
+        images_per_place: K.
+        seed: Seed of the batch order and of the K images drawn per place.
+
+    """
+
+    def __init__(self, bank: ImageDataset, places: Places, places_per_batch: int, images_per_place: int, seed: int = 0) -> None:
+        if places_per_batch < 2 or images_per_place < 2:
+            raise ValueError(f"need P >= 2 places of K >= 2 images, got P={places_per_batch}, K={images_per_place}")
+        self.bank, self.places = bank, places
+        self.places_per_batch, self.images_per_place, self.seed = places_per_batch, images_per_place, seed
+        sizes = np.bincount(places.group) if len(places) else np.zeros(0, dtype=np.int64)
+        if len(places) == 0 or sizes.max() < places_per_batch:
+            raise ValueError(
+                f"no group has {places_per_batch} places of >= {images_per_place} images ({len(places)} places kept, "
+                f"largest group {int(sizes.max()) if len(sizes) else 0}, {places.dropped} dropped): lower P or K, "
+                "or use larger places"
+            )
+        rank_zero_info(
+            f"place batches: {len(places)} places of >= {images_per_place} images in {int((sizes > 0).sum())} groups; "
+            f"{places.dropped} places ({places.dropped_images} images) with fewer dropped"
+        )
+        self._place_of = places.place_of(len(bank))
+        self._shared_epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self._shared_epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the batches of ``epoch`` (seen by DataLoader workers too)."""
+        self._shared_epoch[0] = epoch
+
+    def batches(self, epoch: int | None = None) -> np.ndarray:
+        """``(num_batches, P, K)`` image ids of an epoch (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, epoch_batches(self.places, self.places_per_batch, self.images_per_place, self.seed, epoch))
+        return self._cached[1]
+
+    def __len__(self) -> int:
+        # The same for every epoch: a group contributes floor(places / P) batches whatever the shuffle.
+        return int(sum(n // self.places_per_batch for n in np.bincount(self.places.group)))
+
+    def __getitem__(self, b: int) -> dict[str, Any]:
+        ids = self.batches()[b]
+        place = self._place_of[ids]
+        # Augmentation depends on (seed, epoch, batch) only, not on the process or worker that loads it.
+        with torch.random.fork_rng(devices=[]):
+            entropy = np.random.SeedSequence([self.seed, self.epoch, b, 1]).generate_state(1, dtype=np.uint64)[0]
+            torch.manual_seed(int(entropy >> 1))
+            views = [self.bank.load(int(i)) for i in ids.ravel()]
+        shape = ids.shape
+        item: dict[str, Any] = {
+            "image": torch.stack([v[0].as_subclass(torch.Tensor) for v in views]).view(*shape, *views[0][0].shape),
+            "place": torch.from_numpy(place),
+            "image_index": torch.from_numpy(ids.copy()),
+            "utm": self.bank.utm[torch.from_numpy(ids.ravel())].view(*shape, 2),
+        }
+        if views[0][1] is not None:
+            labels = [v[1] for v in views if v[1] is not None]
+            item["label"] = torch.stack(labels).view(*shape, *labels[0].shape)
+        return item
+
+
+def _local_metres(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Equirectangular east/north in metres about the mean latitude (GSV-Cities gives no UTM)."""
+    r = 6_371_000.0
+    lat0 = np.deg2rad(lat.mean()) if len(lat) else 0.0
+    return np.stack([r * np.deg2rad(lon) * np.cos(lat0), r * np.deg2rad(lat)], axis=1)
+
+
+class PlaceDataModule(VPRDataModule):
+    """Training in place batches (P places x K images, the modern recipes), evaluation as :class:`VPRDataModule`.
+
+    Training images come from GSV-Cities (``gsv_cities_root`` with ``gsv_cities``: places are
+    its ``place_id`` s, a batch holds one city's places as GSV-Cities' in-city batches) or from
+    the training split of any dataset with coordinates (VG folders, the synthetic world, or
+    ``train_benchmark``): places are UTM cells of ``place_size_m`` metres pooling database and
+    query visits, and a batch's places share a group so they lie at least
+    ``(group_spacing - 1) * place_size_m`` metres apart (:func:`utm_places`). Places with
+    fewer than K images are dropped, counted and logged. Every epoch visits each place at most
+    once, in an order seeded by ``(seed, epoch)`` (a resumed run sees the same batches); under
+    DDP each process takes whole batches.
+
+    Train batches are dicts of ``image`` ``(P, K, 3, H, W)``, ``label`` ``(P, K, G, H, W)``
+    (with labels), ``place`` ``(P, K)``, ``image_index`` ``(P, K)`` and ``utm`` ``(P, K, 2)``
+    (see :class:`PlaceBatchDataset`); val/test/predict batches are :class:`VPRDataModule` 's.
+
+    Args:
+        places_per_batch: P (GSV-Cities recipes: 120 for MixVPR, 60 for SALAD, 128-160 for BoQ).
+        images_per_place: K (4 in every recipe).
+        place_size_m: Side of a place's UTM cell (EigenPlaces: 15 m).
+        group_spacing: N of the groups (EigenPlaces: 3).
+        gsv_cities_root: GSV-Cities root (``Dataframes/``, ``Images/``) to train on instead of the
+            training split.
+        gsv_cities: The GSV-Cities cities to train on (with ``gsv_cities_root``).
+        **kwargs: :class:`VPRDataModule` 's arguments (``root``, ``image_size``, ``val_benchmark``, ...);
+            the triplet ones (``batch_size``, ``num_negatives``, radii, ``cache_queries``) are not read.
+
+    """
+
+    def __init__(
+        self,
+        places_per_batch: int = 8,
+        images_per_place: int = 4,
+        place_size_m: float = 10.0,
+        group_spacing: int = 3,
+        gsv_cities_root: str | None = None,
+        gsv_cities: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (gsv_cities_root is None) != (gsv_cities is None):
+            raise ValueError("give both gsv_cities_root and gsv_cities, or neither")
+        super().__init__(**kwargs)
+        self.train_dataset: PlaceBatchDataset | None = None  # type: ignore[assignment]
+
+    @property
+    def training_tuples(self) -> Any:
+        raise TypeError("PlaceDataModule trains on place batches: hard-negative mining of triplets does not apply")
+
+    def _setup_training(self) -> None:
+        hp = self.hp
+        k = hp.images_per_place
+        if hp.gsv_cities_root is not None:
+            items = read_gsv_cities(hp.gsv_cities_root, list(hp.gsv_cities), min_images=k)
+            lat = np.array([i.lat for i in items])
+            lon = np.array([i.lon for i in items])
+            utm = _local_metres(lat, lon)
+            records = [ImageRecord(i.path, (float(e), float(n)), None) for i, (e, n) in zip(items, utm)]
+            if hp.with_labels:
+                raise ValueError("GSV-Cities has no label maps: set data.init_args.with_labels=false")
+            bank = self._training_bank(records, [])
+            places = labelled_places([i.place for i in items], [str(i.place // 100000) for i in items], k)
+        else:
+            bank = self._training_bank(*self._training_records())
+            places = utm_places(bank.utm.numpy(), hp.place_size_m, hp.group_spacing, k)
+        self.train_dataset = PlaceBatchDataset(bank, places, hp.places_per_batch, k, hp.seed)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup('fit') first")
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            self.train_dataset.set_epoch(trainer.current_epoch)
+        return self._loader(self.train_dataset, None)  # one item is one batch
