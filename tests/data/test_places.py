@@ -109,3 +109,21 @@ def test_too_few_places_for_a_batch_is_an_error_that_says_what_to_change(tiny_wo
     with pytest.raises(ValueError, match="give both gsv_cities_root and gsv_cities"):
         PlaceDataModule(gsv_cities_root="somewhere")
     assert isinstance(PlaceBatchDataset, type)
+
+
+def test_training_and_evaluation_sizes_differ_when_asked_and_rand_augment_is_rgb_only(tiny_world):
+    dm = PlaceDataModule(
+        places_per_batch=3,
+        images_per_place=2,
+        place_size_m=8.0,
+        root=str(tiny_world),
+        image_size=(28, 56),
+        eval_image_size=(42, 84),
+        with_labels=False,
+        rand_augment=(3, 15),
+    )
+    dm.setup("fit")
+    assert dm.train_dataset[0]["image"].shape[-2:] == (28, 56)
+    assert dm.val_dataset[0]["image"].shape[-2:] == (42, 84)
+    with pytest.raises(ValueError, match="rand_augment is for RGB-only training"):
+        PlaceDataModule(root=str(tiny_world), rand_augment=(3, 15))

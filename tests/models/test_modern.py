@@ -140,3 +140,17 @@ def test_place_encoder_hands_the_cls_token_to_salad_and_not_to_others():
         encoder.describe(fmap)
     boq = PlaceEncoder(3, trunk=lambda c: _vit(), aggregator=lambda ch: BoQ(ch, 64, 4, 1, 8)).eval()
     assert not boq.passes_token and boq(x).shape == (2, 64 * 8)
+
+
+def test_resnet50_cut_after_layer3_gives_the_recipes_1024_channel_map_for_mixvpr():
+    from structvpr.models import TimmTrunk
+
+    trunk = TimmTrunk("resnet50:layer3")
+    assert trunk.out_channels == 1024 and "layer4" not in dict(trunk.body.named_children())
+    trunk.freeze_below("layer3")  # MixVPR: conv1 .. layer2 frozen
+    assert not any(p.requires_grad for p in trunk.body.layer2.parameters())
+    assert all(p.requires_grad for p in trunk.body.layer3.parameters())
+    encoder = PlaceEncoder(3, trunk="resnet50:layer3", aggregator=lambda c: MixVPR(c, 4, 4, 64, 1, 1, 4)).eval()
+    assert encoder(torch.rand(1, 3, 64, 64)).shape == (1, 256)  # 64 / 16 = 4 positions a side
+    with pytest.raises(ValueError, match=r"resnet50 has the feature stages \['act1', 'layer1'"):
+        TimmTrunk("resnet50:layer5")

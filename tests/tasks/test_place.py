@@ -108,3 +108,41 @@ def test_cli_fits_the_synthetic_modern_config_and_exports_a_plain_student(tiny_w
     student = StructVPRStudent.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     images = torch.rand(2, 3, 32, 64)
     assert torch.allclose(student.encode(images), model.encode(images), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("config", "dim", "agg_params", "size"),
+    [
+        ("mixvpr_resnet50", 4096, 2_337_604, 320),
+        ("salad_dinov2", 8448, 1_411_009, 322),
+        ("boq_resnet50", 16384, 15_301_152, 384),
+        ("boq_dinov2", 12288, 8_626_080, 322),
+    ],
+)
+def test_published_modern_configs_build_the_reference_models(config, dim, agg_params, size, repo_root):
+    """Each GPU config builds (random weights, nothing read or downloaded) the recipe's model: its descriptor
+    size and aggregator parameter count are the reference's, and it encodes an image at its test size."""
+    cli = cli_main(
+        [
+            "--config",
+            str(repo_root / f"lightning_configs/modern/{config}.yaml"),
+            "--trainer.precision=32-true",
+            "--trainer.accelerator=cpu",
+            "--trainer.logger=false",
+        ],
+        run=False,
+    )
+    model = cli.model
+    assert isinstance(model, PlaceStudent) and model.encoder.pooled_dim == dim
+    assert sum(p.numel() for p in model.encoder.aggregator.parameters()) == agg_params
+    assert cli.datamodule.eval_image_size == (size, size) and cli.datamodule.hparams.places_per_batch in (60, 120, 128)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, size, size)).shape == (1, dim)
+    trainable = [n.split(".") for n, p in model.encoder.trunk.named_parameters() if p.requires_grad]
+    if "dinov2" in config:  # only the last blocks train (SALAD 4, BoQ 2 of 12), the embeddings are frozen
+        blocks = {int(n[2]) for n in trainable if n[1] == "blocks"}
+        assert blocks == set(range(8 if config == "salad_dinov2" else 10, 12))
+        assert {n[1] for n in trainable} <= {"blocks", "norm"}
+    else:  # ResNet50 cut after layer3, conv1 .. layer2 frozen
+        assert {n[1] for n in trainable} == {"layer3"}

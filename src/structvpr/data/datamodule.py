@@ -64,6 +64,8 @@ class VPRDataModule(pl.LightningDataModule):
     Args:
         root: Dataset root holding ``images/`` (and ``labels/``).
         image_size: ``(H, W)`` fed to the networks.
+        eval_image_size: ``(H, W)`` of validation, test and predict images when it differs from the
+            training size (the DINOv2 recipes train at 224 and test at 322); None: ``image_size``.
         batch_size: Training tuples per batch.
         eval_batch_size: Images per batch when encoding.
         num_negatives: M, negatives per tuple.
@@ -80,6 +82,9 @@ class VPRDataModule(pl.LightningDataModule):
             aspect ratio, on training images and their label maps (None: the full frame, resized
             as in evaluation, the reference default on real photos). A geometric augmentation
             makes a teacher cache inexact: distillation then runs the teacher on each batch.
+        rand_augment: ``(num_ops, magnitude)`` of RandAugment on training RGB (the modern recipes:
+            ``(3, 15)``); RGB-only training (``with_labels=false``), since it cannot move a label map
+            with its image.
         cache_queries: Training queries per sub-epoch (one Lightning epoch): each sub-epoch
             mines and trains on the tuples of this many queries (None: all of them, one
             sub-epoch per pass). The references use 1,000.
@@ -124,6 +129,7 @@ class VPRDataModule(pl.LightningDataModule):
         self,
         root: str = "data/synthetic-demo",
         image_size: tuple[int, int] = (64, 128),
+        eval_image_size: tuple[int, int] | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 64,
         num_negatives: int = 4,
@@ -135,6 +141,7 @@ class VPRDataModule(pl.LightningDataModule):
         grouping: str = "cityscapes",
         augment: bool = True,
         crop_scale: float | None = None,
+        rand_augment: tuple[int, int] | None = None,
         cache_queries: int | None = None,
         synthetic_preset: str | None = "demo",
         synthetic_seed: int = 0,
@@ -168,6 +175,11 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"crop_scale must lie in (0, 1] or be None, got {crop_scale}")
         if cache_queries is not None and cache_queries < 1:
             raise ValueError(f"cache_queries must be >= 1 or None, got {cache_queries}")
+        if rand_augment is not None and with_labels:
+            raise ValueError(
+                "rand_augment is for RGB-only training (with_labels=false): RandAugment's shear, translate and "
+                "rotate cannot move a label map with its image; use crop_scale for geometric augmentation with labels"
+            )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if synthetic_preset is not None and synthetic_preset not in synthetic.PRESETS:
@@ -188,6 +200,8 @@ class VPRDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["eval_radius"])  # not read; the task's eval_radius is logged
         self.root = Path(root)
         self.image_size = tuple(image_size)
+        #: ``(H, W)`` of evaluation images (val, test, predict).
+        self.eval_image_size = tuple(eval_image_size) if eval_image_size is not None else self.image_size
         self.grouping: ClassGrouping = GROUPINGS[grouping]()
         self.train_dataset: TripletDataset | None = None
         self.train_images: ImageDataset | None = None
@@ -263,14 +277,16 @@ class VPRDataModule(pl.LightningDataModule):
         share: ImageDataset | None = None,
         labels: bool | None = None,
         name: str = "training set",
+        evaluation: bool = False,
     ) -> ImageDataset:
         hp = self.hp
         labels = hp.with_labels if labels is None else labels
         transform = joint_transform(
-            self.image_size,  # type: ignore[arg-type]
+            self.eval_image_size if evaluation else self.image_size,  # type: ignore[arg-type]
             train=train_transform,
             photometric=hp.augment,
             crop_scale=hp.crop_scale,
+            rand_augment=hp.rand_augment,
         )
         dataset = ImageDataset(database, queries, transform, self.grouping, labels)
         if share is not None:  # same files, other transform: reuse the decoded cache
@@ -302,11 +318,11 @@ class VPRDataModule(pl.LightningDataModule):
 
     def _eval_set(self, stage: str, benchmark: str | None, split: str, labels: bool | None = None) -> ImageDataset:
         if benchmark is None:
-            dataset = self._dataset(*self._split(split, labels), labels=labels, name=f"{stage} set")
+            dataset = self._dataset(*self._split(split, labels), labels=labels, name=f"{stage} set", evaluation=True)
         else:
             manifest = self._named(benchmark)
             self.protocols[stage] = manifest
-            dataset = self._dataset(manifest.database, manifest.queries, labels=labels, name=f"{stage} set")
+            dataset = self._dataset(manifest.database, manifest.queries, labels=labels, name=f"{stage} set", evaluation=True)
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
@@ -322,7 +338,7 @@ class VPRDataModule(pl.LightningDataModule):
             self.test_dataset = self._eval_set("test", hp.test_benchmark, hp.test_split, eval_labels)
         if stage == "predict" and self.predict_dataset is None:
             if hp.predict_database is not None:
-                transform = joint_transform(self.image_size, train=False)  # type: ignore[arg-type]
+                transform = joint_transform(self.eval_image_size, train=False)  # type: ignore[arg-type]
                 folders = FolderDataset.from_folders(
                     hp.predict_database, hp.predict_queries, transform, keep_panoramas=hp.predict_keep_panoramas
                 )

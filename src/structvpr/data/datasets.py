@@ -68,7 +68,11 @@ def bad_images_message(bad: list[tuple[str, str]], shown: int = 10, kind: str = 
 
 
 def joint_transform(
-    image_size: tuple[int, int], train: bool, photometric: bool = True, crop_scale: float | None = None
+    image_size: tuple[int, int],
+    train: bool,
+    photometric: bool = True,
+    crop_scale: float | None = None,
+    rand_augment: tuple[int, int] | None = None,
 ) -> v2.Compose:
     """Transforms applied to a ``tv_tensors.Image`` and ``tv_tensors.Mask`` together.
 
@@ -85,12 +89,20 @@ def joint_transform(
         train: Training transforms (else evaluation: resize and normalise).
         photometric: Colour jitter on training RGB.
         crop_scale: Smallest crop area fraction in ``(0, 1]`` (None: no crop).
+        rand_augment: ``(num_ops, magnitude)`` of torchvision's RandAugment on training RGB (the
+            modern recipes: ``(3, 15)``; bilinear here, bicubic there), after the resize. RGB only: torchvision's
+            RandAugment refuses masks, and its shear, translate and rotate would leave a label map behind.
     """
     steps: list[Any] = []
     if train and crop_scale is not None:
         steps.append(SourceAspectResizedCrop(image_size, scale=(crop_scale, 1.0)))
     else:
         steps.append(v2.Resize(image_size, antialias=True))
+    if train and rand_augment is not None:
+        steps.append(
+            # bilinear: on tensors torchvision's affine ops have no bicubic (the references use it on PIL images)
+            v2.RandAugment(num_ops=rand_augment[0], magnitude=rand_augment[1], interpolation=v2.InterpolationMode.BILINEAR)
+        )
     if train and photometric:
         steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -100,7 +112,8 @@ def joint_transform(
 def is_geometric(transform: Any) -> bool:
     """Whether a joint transform moves pixels at random (so the same image gives other views)."""
     steps = getattr(transform, "transforms", [transform])
-    return any(isinstance(t, (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine)) for t in steps)
+    geometric = (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine, v2.RandAugment)
+    return any(isinstance(t, geometric) for t in steps)
 
 
 class ImageDataset(Dataset[dict[str, Any]]):

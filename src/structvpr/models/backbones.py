@@ -53,12 +53,14 @@ class TimmTrunk(Trunk):
     """The feature extractor of a timm model, its first convolution adapted to ``in_chans``.
 
     ``vgg16`` is cut at conv5_3 with its last ReLU and pool dropped (the paper's trunk); other
-    names return the last feature stage of ``features_only``. Pretrained weights are read
+    names return the last feature stage of ``features_only``, or the stage after a colon:
+    ``resnet50:layer3`` is ResNet50 cut after layer3 (1024 channels at 1/16, the MixVPR and BoQ
+    trunk; train from layer3 on with ``freeze_below("layer3")``). Pretrained weights are read
     from ``pretrained_path`` when given (never downloaded) by :func:`load_trunk_weights`, which
     fails when any trunk tensor stays without a weight.
 
     Args:
-        name: timm model name (``vgg16``, ``resnet18``, ``resnet50``, ...).
+        name: timm model name (``vgg16``, ``resnet18``, ``resnet50``, ...), optionally ``:stage``.
         in_chans: Input channels.
         pretrained_path: Local weight file (``.pth``/``.safetensors``) or None for random.
 
@@ -76,7 +78,15 @@ class TimmTrunk(Trunk):
             self.out_channels = 512
             prefix = "features."
         else:
-            model = timm.create_model(name, features_only=True, out_indices=(-1,), pretrained=False, in_chans=in_chans)
+            name, _, stage = name.partition(":")
+            out_index = -1
+            if stage:  # "resnet50:layer3": cut after that feature stage (the MixVPR and BoQ recipes)
+                full: Any = timm.create_model(name, features_only=True, pretrained=False)
+                stages = full.feature_info.module_name()
+                if stage not in stages:
+                    raise ValueError(f"{name} has the feature stages {stages}, got {stage!r}")
+                out_index = stages.index(stage)
+            model = timm.create_model(name, features_only=True, out_indices=(out_index,), pretrained=False, in_chans=in_chans)
             self.body = model
             info: Any = model.feature_info  # timm's FeatureInfo (torch's stubs type module attributes loosely)
             self.out_channels = int(info.channels()[-1])
@@ -230,6 +240,11 @@ def build_trunk(name: str | Callable[[int], nn.Module], in_chans: int, pretraine
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if not isinstance(name, str):
+        if pretrained_path is not None:
+            raise ValueError(
+                "pretrained_path applies to a trunk given by name; a trunk given by class_path takes its weight "
+                "file in its own init_args (e.g. ViTTrunk's pretrained_path)"
+            )
         trunk = name(in_chans)
         if not isinstance(getattr(trunk, "out_channels", None), int):
             raise TypeError(f"{type(trunk).__name__} needs an int out_channels attribute (its feature-map channels)")
