@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# One command on a GPU machine (under 8 minutes on one large GPU): set up, then benchmarks/gpu_check.py.
+# One command on a GPU machine (under 10 minutes on one large GPU): set up, then benchmarks/gpu_check.py
+# (the paper configuration) and benchmarks/modern_step.py (one training step of each modern config at its
+# published size, against the bare model's forward and backward).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export WANDB_MODE=offline WANDB_SILENT=true
-exec timeout 480 .venv/bin/python benchmarks/gpu_check.py "$@"
+timeout 480 .venv/bin/python benchmarks/gpu_check.py "$@"
+quick=(); [[ " $* " == *" --quick "* ]] && quick=(--quick --steps 1)
+timeout 300 .venv/bin/python benchmarks/modern_step.py "${quick[@]}"
