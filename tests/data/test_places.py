@@ -127,3 +127,17 @@ def test_training_and_evaluation_sizes_differ_when_asked_and_rand_augment_is_rgb
     assert dm.val_dataset[0]["image"].shape[-2:] == (42, 84)
     with pytest.raises(ValueError, match="rand_augment is for RGB-only training"):
         PlaceDataModule(root=str(tiny_world), rand_augment=(3, 15))
+
+
+def test_a_places_k_views_mix_its_query_and_database_visits():
+    places = labelled_places([0] * 6 + [1] * 5, None, min_images=4)
+    is_query = np.array([0, 0, 0, 0, 1, 1] + [0, 1, 1, 1, 1], dtype=bool)  # place 1 has one database image
+    for epoch in range(5):
+        [batch] = epoch_batches(places, 2, 4, seed=0, epoch=epoch, is_query=is_query)
+        for views in batch:
+            kinds = is_query[views]
+            assert len(set(views.tolist())) == 4
+            if views[0] < 6:
+                assert kinds.sum() == 2  # K // 2 queries, K - K // 2 database images
+            else:
+                assert (~kinds).sum() == 1 and kinds.sum() == 3  # its one database image, topped up with queries

@@ -100,14 +100,18 @@ def labelled_places(place_ids: Sequence[Any], city: Sequence[str] | None, min_im
     return Places(images, np.array(group, dtype=np.int64), dropped, dropped_images)
 
 
-def epoch_batches(places: Places, per_batch: int, per_place: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_batches(
+    places: Places, per_batch: int, per_place: int, seed: int, epoch: int, is_query: np.ndarray | None = None
+) -> np.ndarray:
     """``(num_batches, P, K)`` image ids of one epoch: every place at most once, P of one group per batch.
 
     Each group's places are shuffled and cut into batches of P (a group's last, incomplete batch
     is left out that epoch); the batches of all groups are then shuffled together, and each
-    place contributes K of its images drawn without replacement. Everything is seeded by
-    ``(seed, epoch)`` only, so an epoch's batches are the same whether the run got there in one
-    go or was resumed.
+    place contributes K of its images drawn without replacement. With ``is_query`` (per image)
+    a place's K views mix its visits: ``K // 2`` query and ``K - K // 2`` database images where
+    it has them, the rest topped up from the other kind, so the views span conditions.
+    Everything is seeded by ``(seed, epoch)`` only, so an epoch's batches are the same whether
+    the run got there in one go or was resumed.
     """
     rng = np.random.default_rng([seed, epoch])
     batches: list[np.ndarray] = []
@@ -121,8 +125,16 @@ def epoch_batches(places: Places, per_batch: int, per_place: int, seed: int, epo
     out = np.empty((len(batches), per_batch, per_place), dtype=np.int64)
     for b, i in enumerate(order):
         for j, place in enumerate(batches[i]):
-            out[b, j] = rng.choice(places.images[place], size=per_place, replace=False)
+            out[b, j] = _draw(rng, places.images[place], per_place, is_query)
     return out
+
+
+def _draw(rng: np.random.Generator, images: np.ndarray, k: int, is_query: np.ndarray | None) -> np.ndarray:
+    if is_query is None:
+        return rng.choice(images, size=k, replace=False)
+    queries, database = rng.permutation(images[is_query[images]]), rng.permutation(images[~is_query[images]])
+    nq = min(len(queries), max(k // 2, k - len(database)))
+    return rng.permutation(np.concatenate([queries[:nq], database[: k - nq]]))
 
 
 class PlaceBatchDataset(Dataset[dict[str, Any]]):
@@ -136,7 +148,8 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
     - ``image_index``: ``(P, K)`` int64 ids in ``bank``;
     - ``utm``: ``(P, K, 2)`` float64 coordinates.
 
-    One dataset item is one whole batch, so a distributed sampler hands every process other
+    A place's K views mix its query and database visits (:func:`epoch_batches`). One dataset
+    item is one whole batch, so a distributed sampler hands every process other
     batches, never half a place. :meth:`set_epoch` (called by the task at each epoch start)
     picks the epoch's batches; DataLoader workers read the epoch from shared memory, so they
     need no restart.
@@ -167,6 +180,8 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
             f"{places.dropped} places ({places.dropped_images} images) with fewer dropped"
         )
         self._place_of = places.place_of(len(bank))
+        # database then queries in the bank: a place's K views mix both visits (None: one kind only)
+        self._is_query = np.arange(len(bank)) >= bank.num_database if bank.num_queries and bank.num_database else None
         self._shared_epoch = torch.zeros(1, dtype=torch.long).share_memory_()
         self._cached: tuple[int, np.ndarray] | None = None
 
@@ -182,7 +197,8 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
         """``(num_batches, P, K)`` image ids of an epoch (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
         if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, epoch_batches(self.places, self.places_per_batch, self.images_per_place, self.seed, epoch))
+            k, p = self.images_per_place, self.places_per_batch
+            self._cached = (epoch, epoch_batches(self.places, p, k, self.seed, epoch, self._is_query))
         return self._cached[1]
 
     def __len__(self) -> int:
