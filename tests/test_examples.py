@@ -35,7 +35,13 @@ def _run(repo_root, script, *args, cwd=None):
 
 def test_every_example_has_a_test(repo_root):
     scripts = {p.name for p in (repo_root / "examples").glob("*.py")}
-    tested = {"encode_and_search.py", "recall_plain_pytorch.py", "custom_aggregator.py", "finetune_on_folders.py"}
+    tested = {
+        "encode_and_search.py",
+        "recall_plain_pytorch.py",
+        "custom_aggregator.py",
+        "finetune_on_folders.py",
+        "place_batches_plain_pytorch.py",
+    }
     assert scripts == tested
 
 
@@ -63,6 +69,16 @@ def test_recall_in_a_plain_pytorch_loop(repo_root, tiny_world, student):
     out = _run(repo_root, "recall_plain_pytorch.py", "--ckpt", student, "--root", tiny_world, "--image-size", 32, 64)
     values = dict(re.findall(r"(\S+)=(\S+)", out))
     assert values["num_queries"] == "12" and 0 <= float(values["R@1"]) <= float(values["R@10"]) <= 100
+
+
+def test_place_batches_in_a_plain_pytorch_loop(repo_root, tiny_world):
+    out = _run(repo_root, "place_batches_plain_pytorch.py", "--root", tiny_world, "--steps", 7)
+    lines = out.strip().splitlines()
+    # 16 cells of 8 m, one with a single image; 3 groups of 5 places give one batch of 3 each
+    assert lines[0] == "15 places, 3 batches of 3 x 2 per epoch"
+    # steps 0 and 5: epoch 1 holds steps 3 to 5; BoQ with 64 channels x 4 rows
+    assert [line.split(" loss ")[0] for line in lines[1:]] == ["step 0 epoch 0", "step 5 epoch 1"]
+    assert all(line.endswith("descriptors (6, 256)") for line in lines[1:])
 
 
 def test_custom_aggregator_from_a_config(repo_root, tiny_world, tmp_path):
