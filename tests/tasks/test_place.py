@@ -104,6 +104,8 @@ def test_cli_fits_the_synthetic_modern_config_and_exports_a_plain_student(tiny_w
     )
     model = cli.model
     assert isinstance(model, PlaceStudent) and cli.trainer.global_step == len(cli.datamodule.train_dataset)
+    again = PlaceStudent.load_from_checkpoint(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert again.hp.warmup_steps == 20 and type(again.miner).__name__ == "MultiSimilarityMiner"
     path = model.export_student(tmp_path / "student.ckpt")
     student = StructVPRStudent.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     images = torch.rand(2, 3, 32, 64)

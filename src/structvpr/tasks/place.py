@@ -80,6 +80,9 @@ class PlaceStudent(StructVPRStudent):
         linear_steps: int = 0,
         **kwargs: Any,
     ) -> None:
+        # A checkpoint's hyper-parameters hold the base task's in_chans too; the student is RGB (3).
+        if kwargs.pop("in_chans", 3) != 3:
+            raise ValueError("PlaceStudent reads RGB images: in_chans must be 3")
         super().__init__(**kwargs)
         if optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
