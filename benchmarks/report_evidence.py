@@ -401,8 +401,14 @@ def extension(work: Path, previous: Path | Sequence[Path] | None, base_epochs: i
     per_world: dict[str, dict[str, float]] = {row: {} for row in EXTENSION_ROWS}
     source: dict[str, str] = {}
     previous = [previous] if isinstance(previous, Path) else list(previous or ())
+    wall: dict[str, Any] = {}
     for prev_path in previous:
         prev = json.loads(prev_path.read_text())
+        seconds = prev.get("wall_seconds")
+        if isinstance(seconds, dict):
+            wall.update(seconds)
+        elif seconds is not None:
+            wall[f"{prev_path.name}, every row"] = seconds
         for row in EXTENSION_ROWS:
             for w, r1 in prev["test_per_world"].get(row, {}).items():
                 if per_world[row].setdefault(w, r1) != r1:
@@ -440,6 +446,11 @@ def extension(work: Path, previous: Path | Sequence[Path] | None, base_epochs: i
                 "what": what,
             }
     out["paired_R@1"] = pairs
+    if (work / "wall_seconds.json").exists():  # {"what": ..., "seconds": ...} of the worlds run under work
+        this = json.loads((work / "wall_seconds.json").read_text())
+        wall[this["what"]] = this["seconds"]
+    if wall:
+        out["wall_seconds"] = wall
     out["val_curves"] = {}
     for row, cs in curves.items():
         if cs:

@@ -127,6 +127,7 @@ def test_extension_pools_a_report_and_an_earlier_extension(tmp_path):
             {
                 "design": {"complete_worlds": [0, 1]},
                 "test_per_world": {"uniform": {"0": 50.0, "1": 52.0}, "oracle": {"0": 49.0, "1": 55.0}},
+                "wall_seconds": 7740,
             }
         )
     )
@@ -136,12 +137,15 @@ def test_extension_pools_a_report_and_an_earlier_extension(tmp_path):
             {
                 "design": {"worlds": {"0": "evidence.json", "1": "evidence.json", "2": "evidence"}},
                 "test_per_world": {"uniform": {"0": 50.0, "1": 52.0, "2": 40.0}},
+                "wall_seconds": {"world 2, 2 processes": 1200},
             }
         )
     )
     _result(work / "world3" / "uniform" / "lam10_tau5_alpha1", 45.0)
     _result(work / "world3" / "oracle" / "lam10_tau5_alpha1", 46.0)
+    (work / "wall_seconds.json").write_text(json.dumps({"what": "world 3", "seconds": 600}))
     out = report.extension(work, [first, ext], base_epochs=24, cont_epochs=6)
+    assert out["wall_seconds"] == {"evidence.json, every row": 7740, "world 2, 2 processes": 1200, "world 3": 600}
     assert out["test_per_world"]["uniform"] == {"0": 50.0, "1": 52.0, "2": 40.0, "3": 45.0}
     # oracle - uniform over worlds 0, 1, 3: -1, +3, +1
     p = out["paired_R@1"]["oracle - uniform"]
