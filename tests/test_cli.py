@@ -279,10 +279,15 @@ def test_the_paper_student_trains_conv5_and_netvlad_with_the_references_sgd(repo
     import torch
 
     cli = cli_main(
-        ["--config", str(repo_root / "lightning_configs/paper/baseline.yaml"), "--trainer.logger=false",
-         f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0"],
+        [
+            "--config",
+            str(repo_root / "lightning_configs/paper/baseline.yaml"),
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--data.init_args.num_workers=0",
+        ],
         run=False,
-    )  # fmt: skip
+    )
     model = cli.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     conv5 = 3 * (512 * 512 * 9 + 512)  # conv5_1 .. conv5_3 of VGG16

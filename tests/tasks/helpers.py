@@ -85,3 +85,20 @@ class KillAt(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordPlaceBatches(pl.Callback):
+    """Records, per process, the place ids of every training batch, the loss class and the final weights."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.places: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.places.append(sorted(batch["place"][:, 0].tolist()))
+
+    def on_train_end(self, trainer, pl_module):
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        weights = torch.cat([p.detach().flatten() for p in pl_module.encoder.parameters()])
+        record = {"places": self.places, "loss": type(pl_module.loss_fn).__name__, "weights": weights}
+        torch.save(record, Path(self.out_dir) / f"places_rank{trainer.global_rank}.pt")

@@ -148,3 +148,45 @@ def test_published_modern_configs_build_the_reference_models(config, dim, agg_pa
         assert {n[1] for n in trainable} <= {"blocks", "norm"}
     else:  # ResNet50 cut after layer3, conv1 .. layer2 frozen
         assert {n[1] for n in trainable} == {"layer3"}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_takes_whole_other_batches_and_all_gathers_the_loss(tiny_world, tmp_path, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
+    args = [
+        sys.executable,
+        "-m",
+        "structvpr",
+        "fit",
+        "--config",
+        str(repo_root / "lightning_configs/modern/synthetic.yaml"),
+        f"--data.init_args.root={tiny_world}",
+        "--data.init_args.image_size=[32, 64]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.places_per_batch=2",
+        "--data.init_args.images_per_place=2",
+        "--data.init_args.place_size_m=8",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=tests.tasks.helpers.RecordPlaceBatches",
+        f"--trainer.callbacks.out_dir={tmp_path / 'places'}",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / "places" / f"places_rank{r}.pt") for r in range(2))
+    assert r0["loss"] == r1["loss"] == "DistributedLossWrapper"
+    assert torch.equal(r0["weights"], r1["weights"])  # one model: gradients averaged over both processes
+    assert len(r0["places"]) == len(r1["places"]) >= 2
+    # every step, the two processes train on different places (whole batches, never half of one)
+    for a, b in zip(r0["places"], r1["places"]):
+        assert len(a) == len(b) == 2 and (not set(a) & set(b) or a == b)  # equal only for DistributedSampler's padding
+    assert sum(a != b for a, b in zip(r0["places"], r1["places"])) >= len(r0["places"]) - 1
