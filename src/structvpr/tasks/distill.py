@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,8 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from structvpr.bank import DescriptorBank
 from structvpr.data.datasets import is_geometric
-from structvpr.losses import REFERENCE_MARGIN, weighted_mean
-from structvpr.models.encoder import ModuleFactory
+from structvpr.losses import weighted_mean
 from structvpr.models.teacher_student import TeacherStudent
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
@@ -55,26 +53,12 @@ class StructVPRDistillation(StructVPRStudent):
         distill_weight: lambda.
         cache_teacher: Cache the teacher's descriptors of each sub-epoch's images instead of
             running it in every step; used only when exact (no geometric augmentation).
-        trunk: Student trunk (see :class:`StructVPRStudent`); must give the teacher's
-            descriptor size.
-        aggregator: ``gem``, ``netvlad``, or a callable building an aggregator from the trunk's channels
-            (a config ``class_path``; see :class:`~structvpr.models.PlaceEncoder`).
-        num_clusters: K of NetVLAD.
-        pretrained_path: Local weight file for a timm trunk.
-        pca_dim: PCA-whitening size (None for none).
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
-        margin: Triplet margin on unsquared L2 distances (default sqrt(0.1), as the NetVLAD and MSLS references).
-        recall_ns: N of the logged Recall@N.
-        eval_radius: Correct-match radius in metres.
-        kmeans_images: Images used to initialise NetVLAD.
-        search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
-        trunk_frozen_below: Train only the trunk from this stage on (``conv5`` for VGG16, as the
-            NetVLAD and VG-benchmark references; a module name such as ``layer4`` for other timm trunks).
         teacher_hparams: Set by checkpoints of this task (the teacher's architecture), so that
             ``load_from_checkpoint`` needs neither the teacher's nor the student's file.
         teacher_input: ``label`` (the method: a SegTeacher on label maps) or ``image`` (a
             control: a StructVPRStudent teacher on the RGB images; see above).
+        **kwargs: The student's arguments (:class:`StructVPRStudent`: trunk, aggregator, lr, margin,
+            ...); the student must give the teacher's descriptor size.
 
     """
 
@@ -84,37 +68,14 @@ class StructVPRDistillation(StructVPRStudent):
         student_ckpt: str | None = None,
         distill_weight: float = 1.0,
         cache_teacher: bool = True,
-        trunk: str | ModuleFactory = "simple",
-        aggregator: str | ModuleFactory = "gem",
-        num_clusters: int = 16,
-        pretrained_path: str | None = None,
-        pca_dim: int | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        margin: float = REFERENCE_MARGIN,
-        recall_ns: Sequence[int] = (1, 5, 10, 20),
-        eval_radius: float = 25.0,
-        kmeans_images: int = 200,
-        search_backend: str = "auto",
-        trunk_frozen_below: str | None = None,
         teacher_hparams: dict[str, Any] | None = None,
         teacher_input: Literal["label", "image"] = "label",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            trunk=trunk,
-            aggregator=aggregator,
-            num_clusters=num_clusters,
-            pretrained_path=pretrained_path,
-            pca_dim=pca_dim,
-            lr=lr,
-            weight_decay=weight_decay,
-            margin=margin,
-            recall_ns=recall_ns,
-            eval_radius=eval_radius,
-            kmeans_images=kmeans_images,
-            search_backend=search_backend,
-            trunk_frozen_below=trunk_frozen_below,
-        )
+        # A checkpoint's hyper-parameters hold the base task's in_chans too; the student is RGB (3).
+        if kwargs.pop("in_chans", 3) != 3:
+            raise ValueError("the distilled student reads RGB images: in_chans must be 3")
+        super().__init__(**kwargs)
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
         if teacher_input not in ("label", "image"):
