@@ -5,9 +5,17 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode, RandAugment
 
-from structvpr.data.datasets import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, SourceAspectResizedCrop, joint_transform
-from structvpr.data.labels import cityscapes_grouping
+from structvpr.data.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDataset,
+    JointRandAugment,
+    SourceAspectResizedCrop,
+    joint_transform,
+)
+from structvpr.data.labels import IGNORE_ID, cityscapes_grouping
 from structvpr.data.vg import ImageRecord
 
 
@@ -67,3 +75,44 @@ def test_cropped_label_maps_follow_their_rgb_in_a_dataset(tmp_path):
             grey = ((other * std + mean)[0] * 255 / 20).round().long().clamp(0, 18)
             mismatched.append((grouping.one_hot(grey.to(torch.uint8)) == onehot).all(0).float().mean().item())
     assert min(mismatched) < 0.9  # so the check above can fail
+
+
+def _coded_pair(h=48, w=64):
+    """An RGB image whose every channel holds the label id of its pixel (ids 1..18, never the fill 0)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 19, (h // 8, w // 8), generator=gen).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    return tv_tensors.Image(ids.to(torch.uint8).expand(3, h, w).clone()), tv_tensors.Mask(ids.to(torch.uint8))
+
+
+def test_joint_rand_augment_moves_the_label_map_exactly_with_its_image():
+    image, mask = _coded_pair()
+    # nearest for the RGB too, so that a moved pixel keeps its id in both; only the fill differs (0 vs 255)
+    aug = JointRandAugment(num_ops=2, magnitude=15, interpolation=InterpolationMode.NEAREST)
+    # geometric operations only here: a photometric one would change the RGB values the check reads
+    aug._AUGMENTATION_SPACE = {k: v for k, v in aug._AUGMENTATION_SPACE.items() if k in JointRandAugment.GEOMETRIC}
+    moved = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out_image, out_mask = aug(image, mask)
+        inside = out_mask != IGNORE_ID
+        moved += int(not torch.equal(out_mask, mask))
+        assert torch.equal(out_image[0][inside], out_mask[inside])  # every labelled pixel sits under its RGB pixel
+        assert torch.all(out_image[0][~inside] == 0)  # the area moved in from outside: black RGB, ignored labels
+    assert moved >= 35
+
+
+def test_joint_rand_augment_draws_what_torchvision_draws_and_photometric_only_never_moves_labels():
+    image, mask = _coded_pair()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        ours = JointRandAugment(3, 15, interpolation=InterpolationMode.BILINEAR)(image)
+        torch.manual_seed(seed)
+        theirs = RandAugment(num_ops=3, magnitude=15, interpolation=InterpolationMode.BILINEAR)(image)
+        assert torch.equal(ours, theirs)
+    photometric = JointRandAugment(3, 15, geometric=False)
+    assert not set(photometric._AUGMENTATION_SPACE) & set(JointRandAugment.GEOMETRIC)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        assert torch.equal(photometric(image, mask)[1], mask)
+    with pytest.raises(TypeError, match="one Image and at most one Mask"):
+        photometric(image, image)

@@ -82,9 +82,12 @@ class VPRDataModule(pl.LightningDataModule):
             aspect ratio, on training images and their label maps (None: the full frame, resized
             as in evaluation, the reference default on real photos). A geometric augmentation
             makes a teacher cache inexact: distillation then runs the teacher on each batch.
-        rand_augment: ``(num_ops, magnitude)`` of RandAugment on training RGB (the modern recipes:
-            ``(3, 15)``); RGB-only training (``with_labels=false``), since it cannot move a label map
-            with its image.
+        rand_augment: ``(num_ops, magnitude)`` of RandAugment on training images (the modern recipes:
+            ``(3, 15)``): :class:`~structvpr.data.datasets.JointRandAugment`, whose shear, translate
+            and rotate move each label map with its image (so distillation runs the teacher on each
+            batch's own maps).
+        rand_augment_geometric: Let RandAugment shear, translate and rotate; False keeps to its
+            photometric operations, so label maps never move and a teacher cache is exact.
         cache_queries: Training queries per sub-epoch (one Lightning epoch): each sub-epoch
             mines and trains on the tuples of this many queries (None: all of them, one
             sub-epoch per pass). The references use 1,000.
@@ -142,6 +145,7 @@ class VPRDataModule(pl.LightningDataModule):
         augment: bool = True,
         crop_scale: float | None = None,
         rand_augment: tuple[int, int] | None = None,
+        rand_augment_geometric: bool = True,
         cache_queries: int | None = None,
         synthetic_preset: str | None = "demo",
         synthetic_seed: int = 0,
@@ -175,11 +179,6 @@ class VPRDataModule(pl.LightningDataModule):
             raise ValueError(f"crop_scale must lie in (0, 1] or be None, got {crop_scale}")
         if cache_queries is not None and cache_queries < 1:
             raise ValueError(f"cache_queries must be >= 1 or None, got {cache_queries}")
-        if rand_augment is not None and with_labels:
-            raise ValueError(
-                "rand_augment is for RGB-only training (with_labels=false): RandAugment's shear, translate and "
-                "rotate cannot move a label map with its image; use crop_scale for geometric augmentation with labels"
-            )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if synthetic_preset is not None and synthetic_preset not in synthetic.PRESETS:
@@ -287,6 +286,8 @@ class VPRDataModule(pl.LightningDataModule):
             photometric=hp.augment,
             crop_scale=hp.crop_scale,
             rand_augment=hp.rand_augment,
+            rand_augment_geometric=hp.rand_augment_geometric,
+            ignore_id=self.grouping.ignore_id,
         )
         dataset = ImageDataset(database, queries, transform, self.grouping, labels)
         if share is not None:  # same files, other transform: reuse the decoded cache

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import query_size
 
-from structvpr.data.labels import ClassGrouping, load_label_map
+from structvpr.data.labels import IGNORE_ID, ClassGrouping, load_label_map
 from structvpr.data.vg import ImageRecord, list_images, utm_array
 from structvpr.errors import ImageReadError, MissingFolderError, MissingLabelMapError
 from structvpr.retrieval.search import radius_neighbours
@@ -67,12 +68,77 @@ def bad_images_message(bad: list[tuple[str, str]], shown: int = 10, kind: str = 
     return f"{len(bad)} unreadable {kind}(s):\n  " + "\n  ".join(f"{p}: {why}" for p, why in bad[:shown]) + more
 
 
+class JointRandAugment(v2.RandAugment):
+    """torchvision's RandAugment on an RGB image and, for its geometric operations, on its label map too.
+
+    Operations, magnitudes and signs are drawn exactly as ``v2.RandAugment`` draws them (the same
+    random calls, so an image alone gets the same result); each geometric one (``ShearX``,
+    ``ShearY``, ``TranslateX``, ``TranslateY``, ``Rotate``) is applied to the ``tv_tensors.Mask``
+    with the same parameters, nearest-neighbour, the uncovered area filled with ``ignore_id``
+    (encoded as all-zero groups); photometric operations leave the mask alone. With
+    ``geometric=False`` the draw is over the photometric operations only, so the label map never
+    moves and a teacher's descriptors of un-augmented maps stay exact.
+
+    Args:
+        num_ops: Operations per image (the modern recipes: 3).
+        magnitude: Magnitude bin (the modern recipes: 15 of 31).
+        interpolation: RGB interpolation (tensors have no bicubic affine: bilinear here).
+        geometric: Include shear, translate and rotate.
+        ignore_id: Mask value of pixels moved in from outside the frame.
+
+    """
+
+    GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: int = 9,
+        interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR,
+        geometric: bool = True,
+        ignore_id: int = IGNORE_ID,
+    ) -> None:
+        super().__init__(num_ops=num_ops, magnitude=magnitude, interpolation=interpolation)
+        self.geometric, self.ignore_id = geometric, ignore_id
+        if not geometric:
+            space: dict[str, Any] = dict(v2.RandAugment._AUGMENTATION_SPACE)
+            self._AUGMENTATION_SPACE = {k: v for k, v in space.items() if k not in self.GEOMETRIC}
+
+    def forward(self, *inputs: Any) -> Any:
+        flat, spec = tree_flatten(inputs if len(inputs) > 1 else inputs[0])
+        images = [i for i, x in enumerate(flat) if isinstance(x, tv_tensors.Image)]
+        masks = [i for i, x in enumerate(flat) if isinstance(x, tv_tensors.Mask)]
+        if len(images) != 1 or len(masks) > 1:
+            raise TypeError(f"JointRandAugment takes one Image and at most one Mask, got {[type(x).__name__ for x in flat]}")
+        image = flat[images[0]]
+        mask = flat[masks[0]] if masks else None
+        height, width = image.shape[-2:]
+        for _ in range(self.num_ops):
+            op, (magnitudes_fn, signed) = self._get_random_item(self._AUGMENTATION_SPACE)
+            magnitudes = magnitudes_fn(self.num_magnitude_bins, height, width)
+            magnitude = 0.0
+            if magnitudes is not None:
+                magnitude = float(magnitudes[self.magnitude])
+                if signed and torch.rand(()) <= 0.5:
+                    magnitude *= -1
+            image = self._apply_image_or_video_transform(image, op, magnitude, self.interpolation, self._fill)
+            if mask is not None and op in self.GEOMETRIC:
+                fill = {tv_tensors.Mask: float(self.ignore_id)}
+                mask = self._apply_image_or_video_transform(mask, op, magnitude, v2.InterpolationMode.NEAREST, fill)
+        flat[images[0]] = image
+        if mask is not None:
+            flat[masks[0]] = mask
+        return tree_unflatten(flat, spec)
+
+
 def joint_transform(
     image_size: tuple[int, int],
     train: bool,
     photometric: bool = True,
     crop_scale: float | None = None,
     rand_augment: tuple[int, int] | None = None,
+    rand_augment_geometric: bool = True,
+    ignore_id: int = IGNORE_ID,
 ) -> v2.Compose:
     """Transforms applied to a ``tv_tensors.Image`` and ``tv_tensors.Mask`` together.
 
@@ -89,9 +155,12 @@ def joint_transform(
         train: Training transforms (else evaluation: resize and normalise).
         photometric: Colour jitter on training RGB.
         crop_scale: Smallest crop area fraction in ``(0, 1]`` (None: no crop).
-        rand_augment: ``(num_ops, magnitude)`` of torchvision's RandAugment on training RGB (the
-            modern recipes: ``(3, 15)``; bilinear here, bicubic there), after the resize. RGB only: torchvision's
-            RandAugment refuses masks, and its shear, translate and rotate would leave a label map behind.
+        rand_augment: ``(num_ops, magnitude)`` of RandAugment on training images, after the resize
+            (the modern recipes: ``(3, 15)``; bilinear here, bicubic there): :class:`JointRandAugment`,
+            whose shear, translate and rotate move the label map with its image.
+        rand_augment_geometric: Let RandAugment shear, translate and rotate (False: photometric
+            operations only, so label maps stay as read).
+        ignore_id: Label id of pixels a geometric step moves in from outside the frame.
     """
     steps: list[Any] = []
     if train and crop_scale is not None:
@@ -99,10 +168,8 @@ def joint_transform(
     else:
         steps.append(v2.Resize(image_size, antialias=True))
     if train and rand_augment is not None:
-        steps.append(
-            # bilinear: on tensors torchvision's affine ops have no bicubic (the references use it on PIL images)
-            v2.RandAugment(num_ops=rand_augment[0], magnitude=rand_augment[1], interpolation=v2.InterpolationMode.BILINEAR)
-        )
+        # bilinear: on tensors torchvision's affine ops have no bicubic (the references use it on PIL images)
+        steps.append(JointRandAugment(rand_augment[0], rand_augment[1], geometric=rand_augment_geometric, ignore_id=ignore_id))
     if train and photometric:
         steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -112,8 +179,9 @@ def joint_transform(
 def is_geometric(transform: Any) -> bool:
     """Whether a joint transform moves pixels at random (so the same image gives other views)."""
     steps = getattr(transform, "transforms", [transform])
-    geometric = (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine, v2.RandAugment)
-    return any(isinstance(t, geometric) for t in steps)
+    geometric = (v2.RandomResizedCrop, v2.RandomCrop, v2.RandomHorizontalFlip, v2.RandomAffine)
+    rand = (v2.RandAugment,)
+    return any(isinstance(t, geometric) or (isinstance(t, rand) and getattr(t, "geometric", True)) for t in steps)
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
