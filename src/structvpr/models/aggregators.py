@@ -148,8 +148,8 @@ def init_netvlad_from_images(
 
 def init_netvlad(trainer: Any, encoder: Any, data: Any, key: str, num_images: int, per_image: int = 50, seed: int = 0) -> None:
     """:func:`init_netvlad_from_images` over ``num_images`` training images drawn (seeded) from ``data``
-    (a :class:`~structvpr.protocols.TrainingData`), rank 0's centroids broadcast to every process."""  # noqa: D205
-    n = len(data.training_tuples.utm)
+    (its ``train_images``: tuples or place batches alike), rank 0's centroids broadcast to every process."""  # noqa: D205
+    n = len(data.train_images)
     gen = torch.Generator().manual_seed(seed)  # one stream for the image draw and the feature draws
     picks = torch.randperm(n, generator=gen)[:num_images].sort().values.numpy()
     init_netvlad_from_images(encoder, data.train_images_dataloader(picks, key), key, per_image, seed, gen)

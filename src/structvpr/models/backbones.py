@@ -92,6 +92,7 @@ class TimmTrunk(Trunk):
             self.out_channels = int(info.channels()[-1])
             prefix = ""
         self.is_features_only = name != "vgg16"
+        self.in_chans = in_chans
         self._frozen: list[nn.Module] = []
         #: What loading ``pretrained_path`` matched (None without a file).
         self.load_report: LoadReport | None = None
@@ -118,7 +119,9 @@ class TimmTrunk(Trunk):
         ``vgg16``: ``"conv5"`` (the NetVLAD and VG-benchmark references train conv5 only),
         ``"conv4"``, ... Other timm trunks: the name of the first top-level module to train
         (``layer4`` of a ResNet freezes the stem and ``layer1`` .. ``layer3``).
-        Frozen layers keep their BatchNorm statistics too (they stay in eval mode).
+        Frozen layers keep their BatchNorm statistics too (they stay in eval mode). With other
+        than 3 input channels (a label-map teacher) the first convolution stays trainable: its
+        weights are adapted from RGB ones, or random.
         """
         names = [name for name, _ in self.body.named_children()]
         if not self.is_features_only and isinstance(stage, str) and stage.startswith("conv") and stage[4:].isdigit():
@@ -140,6 +143,12 @@ class TimmTrunk(Trunk):
                 param.requires_grad_(False)
                 frozen += param.numel()
             self._frozen.append(child)
+        if self.in_chans != 3:  # the adapted first convolution reads other channels (label maps): it trains
+            first_conv = next(m for m in self.body.modules() if isinstance(m, nn.Conv2d))
+            thawed = [param for param in first_conv.parameters() if not param.requires_grad]
+            frozen -= sum(param.numel() for param in thawed)
+            for param in thawed:
+                param.requires_grad_(True)
         return frozen
 
     def train(self, mode: bool = True) -> TimmTrunk:

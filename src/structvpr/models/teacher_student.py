@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from structvpr.losses import distillation_loss
@@ -19,7 +20,12 @@ class TeacherStudent(nn.Module):
 
     Args:
         student: The RGB encoder being trained.
-        teacher: The trained teacher; its descriptors must have the student's size.
+        teacher: The trained teacher; its descriptors must have the student's size unless a
+            ``projection`` is given.
+        projection: Optional trainable module mapping the student's descriptors to the
+            teacher's size (e.g. ``nn.Linear(D_s, D_t, bias=False)``); the projected descriptors
+            are L2-normalised before they are compared with the teacher's. Used in training
+            only: the student's own descriptors are what runs at test time.
 
     Example:
         >>> pair = TeacherStudent(PlaceEncoder(3), PlaceEncoder(6))
@@ -30,15 +36,17 @@ class TeacherStudent(nn.Module):
 
     """
 
-    def __init__(self, student: PlaceEncoder, teacher: PlaceEncoder) -> None:
+    def __init__(self, student: PlaceEncoder, teacher: PlaceEncoder, projection: nn.Module | None = None) -> None:
         super().__init__()
-        if teacher.pooled_dim != student.pooled_dim:
+        if teacher.pooled_dim != student.pooled_dim and projection is None:
             raise ValueError(
                 f"teacher descriptors have {teacher.pooled_dim} dimensions but the student's have "
-                f"{student.pooled_dim}: give the student the teacher's trunk width and aggregator"
+                f"{student.pooled_dim}: give the student the teacher's trunk width and aggregator, "
+                "or configure a projection (teacher_projection=true)"
             )
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
+        self.projection = projection
 
     def train(self, mode: bool = True) -> TeacherStudent:
         super().train(mode)
@@ -75,7 +83,13 @@ class TeacherStudent(nn.Module):
 
         """
         student = self.student_tuples(images)
-        return student, distillation_loss(student, targets, image_weights)
+        return student, distillation_loss(self.project(student), targets, image_weights)
+
+    def project(self, student: torch.Tensor) -> torch.Tensor:
+        """Student descriptors ``(..., D_s)`` in the teacher's space ``(..., D_t)`` (themselves without a projection)."""
+        if self.projection is None:
+            return student
+        return F.normalize(self.projection(student), dim=-1)
 
 
 def _tuples(encoder: PlaceEncoder, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 from structvpr.bank import DescriptorBank
 from structvpr.data.datasets import is_geometric
 from structvpr.losses import weighted_mean
+from structvpr.models.encoder import PlaceEncoder
 from structvpr.models.teacher_student import TeacherStudent
+from structvpr.tasks.base import VPRTask
 from structvpr.tasks.student import StructVPRStudent
 from structvpr.tasks.teacher import SegTeacher
 from structvpr.utils.io import read_checkpoint
@@ -83,23 +85,10 @@ class StructVPRDistillation(StructVPRStudent):
         #: Batch key the teacher reads: label maps, or RGB for the self-distillation control.
         self.teacher_key = teacher_input
         teacher_cls: type[SegTeacher] | type[StructVPRStudent] = SegTeacher if teacher_input == "label" else StructVPRStudent
-        # Reloading a checkpoint of this task: its state dict holds the teacher's and the student's
-        # weights, so their files need not exist any more; the teacher is rebuilt from teacher_hparams.
+        teacher, saved = load_teacher(teacher_cls, teacher_ckpt, teacher_hparams, teacher_input, student_ckpt)
+        if saved is not None:  # saved with this task's hyper-parameters: a checkpoint rebuilds the teacher without its file
+            self.hparams["teacher_hparams"] = saved
         reloading = teacher_hparams is not None
-        for name, path in (("teacher_ckpt", teacher_ckpt), ("student_ckpt", student_ckpt)):
-            if path is not None and not Path(path).is_file() and not reloading:
-                raise FileNotFoundError(f"{name}: {path} does not exist")
-        if teacher_hparams is not None:
-            teacher = teacher_cls(**teacher_hparams).encoder
-        elif teacher_ckpt is None:
-            raise ValueError("teacher_ckpt is required: the SegTeacher checkpoint to distil from")
-        else:
-            _check_teacher_class(teacher_ckpt, teacher_input)
-            loaded = teacher_cls.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
-            names = inspect.signature(teacher_cls.__init__).parameters
-            # Saved with this task's hyper-parameters: a checkpoint rebuilds the teacher without its file.
-            self.hparams["teacher_hparams"] = {k: v for k, v in loaded.hparams.items() if k in names}
-            teacher = loaded.encoder
         pair = TeacherStudent(self.encoder, teacher)
         # The pair's modules are registered as ``encoder`` and ``teacher`` (the checkpoint keys of
         # every earlier version); the pair itself is a plain attribute, so nothing is saved twice.
@@ -212,6 +201,34 @@ def _check_weights(indices: torch.Tensor, weights: torch.Tensor, size: int, what
         raise ValueError(f"{what} must lie in [0, {size})")
     if bool((weights < 0).any()):
         raise ValueError("sample weights must be >= 0")
+
+
+def load_teacher(
+    teacher_cls: type[VPRTask],
+    teacher_ckpt: str | None,
+    teacher_hparams: dict[str, Any] | None,
+    teacher_input: str,
+    student_ckpt: str | None = None,
+) -> tuple[PlaceEncoder, dict[str, Any] | None]:
+    """The teacher's encoder, and the hyper-parameters to save that rebuild it (None when reloading).
+
+    Reloading a checkpoint of a distillation task (``teacher_hparams`` given), the teacher is rebuilt
+    from them and its weights come with the task's state dict, so neither file need exist any more.
+    """
+    if teacher_hparams is None:
+        for name, path in (("teacher_ckpt", teacher_ckpt), ("student_ckpt", student_ckpt)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{name}: {path} does not exist")
+    if teacher_hparams is not None:
+        return teacher_cls(**teacher_hparams).encoder, None
+    if teacher_ckpt is None:
+        raise ValueError("teacher_ckpt is required: the teacher checkpoint to distil from")
+    _check_teacher_class(teacher_ckpt, teacher_input)
+    loaded = teacher_cls.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
+    params = inspect.signature(teacher_cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    saved = {k: v for k, v in loaded.hparams.items() if (k in params or takes_any) and not k.startswith("_")}
+    return loaded.encoder, saved
 
 
 def _check_teacher_class(path: str, teacher_input: str) -> None:

@@ -1,4 +1,4 @@
-"""PlaceStudent: the RGB student trained on place batches with a metric loss (the modern recipes)."""
+"""Place-batch training (the modern recipes): the recipe, and the RGB student and label-map teacher trained with it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from structvpr.tasks.base import VPRTask
 from structvpr.tasks.student import StructVPRStudent
+from structvpr.tasks.teacher import SegTeacher
 
 #: The loss and miner of every modern recipe (GSV-Cities, MixVPR, SALAD, BoQ).
 DEFAULT_LOSS = {
@@ -34,16 +36,16 @@ def build_object(spec: dict[str, Any] | None, what: str) -> Any:
     return cls(**dict(spec.get("init_args") or {}))
 
 
-class PlaceStudent(StructVPRStudent):
-    """The RGB student of :class:`StructVPRStudent`, trained on P x K place batches.
+class PlaceRecipe(VPRTask):
+    """The training recipe of place batches, mixed in before a :class:`~structvpr.tasks.base.VPRTask` subclass.
 
-    Each step encodes the batch's ``P * K`` images, mines pairs with ``miner`` and applies a
-    pytorch-metric-learning ``loss`` with the place ids as labels (default: the multi-similarity
-    loss and miner of every modern recipe, ``MultiSimilarityLoss(alpha=1, beta=50, base=0)``
-    and ``MultiSimilarityMiner(epsilon=0.1)``). Under DDP both are wrapped in PML's
-    distributed wrappers, so every anchor sees the negatives of every process. Evaluation,
-    export and ``load_from_checkpoint`` are the student's: an exported model is a plain
-    :class:`StructVPRStudent`. Train it with :class:`~structvpr.data.PlaceDataModule`.
+    Each step encodes the batch's ``P * K`` inputs (``batch[input_key]``: RGB for a student, label
+    maps for a teacher), mines pairs with ``miner`` and applies a pytorch-metric-learning ``loss``
+    with the place ids as labels (default: the multi-similarity loss and miner of every modern
+    recipe, ``MultiSimilarityLoss(alpha=1, beta=50, base=0)`` and
+    ``MultiSimilarityMiner(epsilon=0.1)``). Under DDP both are wrapped in PML's distributed
+    wrappers, so every anchor sees the negatives of every process. Train with
+    :class:`~structvpr.data.PlaceDataModule`.
 
     The optimiser and its per-step schedule are the recipes': AdamW or SGD (``optimizer``), a
     linear warm-up over ``warmup_steps``, then either steps of ``gamma`` at ``milestones``
@@ -62,7 +64,7 @@ class PlaceStudent(StructVPRStudent):
         linear_end_factor: When set, the learning rate decays linearly from 1 to this factor of
             ``lr`` over ``linear_steps`` (SALAD: 0.2 over 4,000), instead of the milestones.
         linear_steps: Length of the linear decay.
-        **kwargs: :class:`StructVPRStudent` 's arguments (trunk, aggregator, lr, weight_decay, ...).
+        **kwargs: The task's own arguments (trunk, aggregator, lr, weight_decay, ...).
 
     """
 
@@ -80,9 +82,6 @@ class PlaceStudent(StructVPRStudent):
         linear_steps: int = 0,
         **kwargs: Any,
     ) -> None:
-        # A checkpoint's hyper-parameters hold the base task's in_chans too; the student is RGB (3).
-        if kwargs.pop("in_chans", 3) != 3:
-            raise ValueError("PlaceStudent reads RGB images: in_chans must be 3")
         super().__init__(**kwargs)
         if optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
@@ -133,15 +132,19 @@ class PlaceStudent(StructVPRStudent):
         per = torch.zeros(len(desc), dtype=desc.dtype, device=desc.device)
         return per.index_put_((terms["indices"],), terms["losses"].flatten(), accumulate=True)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        images, places = batch["image"], batch["place"]
-        desc = self.encoder.pooled(images.flatten(0, 1))
-        loss = self.metric_loss(desc, places.flatten())
+    def check_finite_places(self, loss: torch.Tensor, places: torch.Tensor) -> None:
+        """Stop with the epoch, the step and the batch's places when the loss is NaN or infinite."""
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} (places "
                 f"{places[:, 0].tolist()}): lower the learning rate or check the inputs"
             )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        places = batch["place"]
+        desc = self.encoder.pooled(batch[self.input_key].flatten(0, 1))
+        loss = self.metric_loss(desc, places.flatten())
+        self.check_finite_places(loss, places)
         self.log("train/loss", loss, prog_bar=True, batch_size=places.numel())
         return loss
 
@@ -155,9 +158,13 @@ class PlaceStudent(StructVPRStudent):
         position = step if hp.milestone_unit == "step" else step // max(1, steps_per_epoch)
         return warm * hp.gamma ** sum(position >= m for m in hp.milestones)
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains: the encoder (a distillation task adds its projection)."""
+        return list(self.encoder.parameters())
+
     def configure_optimizers(self) -> Any:
         hp = self.hp
-        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        params = [p for p in self.trainable_parameters() if p.requires_grad]
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:
@@ -169,3 +176,48 @@ class PlaceStudent(StructVPRStudent):
             steps_per_epoch = max(1, math.floor(total / epochs)) if epochs and math.isfinite(total) else 1
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, steps_per_epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class PlaceStudent(PlaceRecipe, StructVPRStudent):
+    """The RGB student of :class:`StructVPRStudent`, trained on P x K place batches (:class:`PlaceRecipe`).
+
+    Evaluation, export and ``load_from_checkpoint`` are the student's: an exported model is a
+    plain :class:`StructVPRStudent`.
+
+    Args:
+        **kwargs: :class:`PlaceRecipe` 's arguments (loss, miner, optimizer, schedule) and
+            :class:`StructVPRStudent` 's (trunk, aggregator, lr, weight_decay, ...).
+
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        # A checkpoint's hyper-parameters hold the base task's in_chans too; the student is RGB (3).
+        if kwargs.pop("in_chans", 3) != 3:
+            raise ValueError("PlaceStudent reads RGB images: in_chans must be 3")
+        super().__init__(**kwargs)
+
+
+class PlaceTeacher(PlaceRecipe, SegTeacher):
+    """The label-map teacher of :class:`~structvpr.tasks.SegTeacher` on P x K place batches (:class:`PlaceRecipe`).
+
+    The same trunk and aggregator as the student it will teach (MixVPR, SALAD or BoQ on ResNet50
+    or DINOv2), its input the ``G`` one-hot group channels of ``batch["label"]``: the first
+    convolution of a timm CNN, or the patch embedding of a ViT, takes ``G`` channels (adapted from
+    RGB weights when ``pretrained_path`` is given, and kept trainable whatever is frozen). Trained
+    with the student's loss, miner and schedule; train it with
+    ``PlaceDataModule(with_labels=true)``.
+
+    Args:
+        **kwargs: :class:`PlaceRecipe` 's arguments and :class:`~structvpr.tasks.SegTeacher` 's
+            (num_groups, trunk, aggregator, lr, ...).
+
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        # A checkpoint's hyper-parameters hold the base task's in_chans (= num_groups) too.
+        in_chans = kwargs.pop("in_chans", None)
+        if in_chans is not None and in_chans != kwargs.get("num_groups", 5):
+            raise ValueError(
+                f"a teacher's in_chans is its num_groups, got in_chans={in_chans}, num_groups={kwargs.get('num_groups', 5)}"
+            )
+        super().__init__(**kwargs)

@@ -31,6 +31,8 @@ class SegTeacher(VPRTask):
         eval_radius: Correct-match radius in metres.
         kmeans_images: Images used to initialise NetVLAD.
         search_backend: ``auto`` (faiss on CPU, torch on GPU), ``torch`` or ``faiss``.
+        trunk_frozen_below: Train only the trunk from this stage on (as the student's); the first
+            convolution, which reads the ``G`` label-map channels, stays trainable.
 
     """
 
@@ -51,6 +53,7 @@ class SegTeacher(VPRTask):
         eval_radius: float = 25.0,
         kmeans_images: int = 200,
         search_backend: str = "auto",
+        trunk_frozen_below: str | None = None,
     ) -> None:
         super().__init__(
             in_chans=num_groups,
@@ -66,4 +69,5 @@ class SegTeacher(VPRTask):
             eval_radius=eval_radius,
             kmeans_images=kmeans_images,
             search_backend=search_backend,
+            trunk_frozen_below=trunk_frozen_below,
         )
