@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from structvpr.data.places import PlaceBatchDataset, PlaceDataModule, epoch_batches, labelled_places, utm_places
+from structvpr.data.datasets import is_geometric
+from structvpr.data.places import (
+    PlaceBatchDataset,
+    PlaceBatchSampler,
+    PlaceDataModule,
+    epoch_batches,
+    labelled_places,
+    place_fold,
+    utm_places,
+)
 
 
 def _street(n=400, seed=0):
@@ -90,16 +99,42 @@ def test_a_fresh_datamodule_serves_the_same_epoch_batches_as_an_uninterrupted_on
     assert item["label"].shape[:2] == item["image"].shape[:2] and torch.all(item["label"].sum(2) <= 1)
 
 
-def test_a_distributed_sampler_hands_every_process_whole_other_batches(tiny_world):
-    from torch.utils.data import DistributedSampler
-
+def test_the_place_batch_sampler_strides_whole_batches_over_processes_with_no_padding(tiny_world):
     dm = PlaceDataModule(places_per_batch=2, images_per_place=2, place_size_m=8.0, root=str(tiny_world), image_size=(32, 64))
     dm.setup("fit")
     ds = dm.train_dataset
-    share = [list(DistributedSampler(ds, num_replicas=2, rank=r, shuffle=False)) for r in range(2)]
-    assert not set(share[0]) & set(share[1]) or len(ds) % 2  # only the padding repeats a batch
+    n = len(ds)
+    assert n >= 5
+    share = [list(PlaceBatchSampler(ds, num_replicas=2, rank=r)) for r in range(2)]
+    # step t: process r holds batch 2t + r; the odd last batch is left out so both run n // 2 steps
+    assert share == [list(range(0, 2 * (n // 2), 2)), list(range(1, 2 * (n // 2), 2))]
+    assert list(PlaceBatchSampler(ds)) == list(range(n))  # one process: every batch, in order
     places = [set(ds[b]["place"][:, 0].tolist()) for r in range(2) for b in share[r]]
     assert all(len(p) == 2 for p in places)
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, PlaceBatchSampler)
+
+
+def test_a_held_out_place_fold_removes_exactly_its_places(tiny_world):
+    def places_of(**kw):
+        dm = PlaceDataModule(
+            places_per_batch=2, images_per_place=2, place_size_m=8.0, root=str(tiny_world), image_size=(32, 64), **kw
+        )
+        dm.setup("fit")
+        return dm.train_dataset
+
+    full = places_of()
+    folds = place_fold(np.arange(len(full.places)), 2)
+    assert folds.tolist() == [p % 2 for p in range(len(full.places))]
+    for k in range(2):
+        held = places_of(place_folds=2, held_out_place_fold=k)
+        kept = {tuple(ids) for ids in held.places.images}
+        want = {tuple(ids) for ids, f in zip(full.places.images, folds) if f != k}
+        assert kept == want and held.places.dropped == full.places.dropped + int((folds == k).sum())
+    with pytest.raises(ValueError, match="held_out_place_fold must lie in 0 .. place_folds - 1 = 1"):
+        PlaceDataModule(root=str(tiny_world), place_folds=2, held_out_place_fold=2)
+    with pytest.raises(ValueError, match="place batches hold out places, not queries"):
+        PlaceDataModule(root=str(tiny_world), query_folds=2, held_out_fold=0)
 
 
 def test_too_few_places_for_a_batch_is_an_error_that_says_what_to_change(tiny_world):
@@ -111,22 +146,23 @@ def test_too_few_places_for_a_batch_is_an_error_that_says_what_to_change(tiny_wo
     assert isinstance(PlaceBatchDataset, type)
 
 
-def test_training_and_evaluation_sizes_differ_when_asked_and_rand_augment_is_rgb_only(tiny_world):
-    dm = PlaceDataModule(
-        places_per_batch=3,
-        images_per_place=2,
-        place_size_m=8.0,
-        root=str(tiny_world),
-        image_size=(28, 56),
-        eval_image_size=(42, 84),
-        with_labels=False,
-        rand_augment=(3, 15),
-    )
+def test_training_and_evaluation_sizes_differ_when_asked_and_rand_augment_moves_label_maps(tiny_world):
+    kw = dict(places_per_batch=3, images_per_place=2, place_size_m=8.0, root=str(tiny_world), image_size=(28, 56))
+    dm = PlaceDataModule(eval_image_size=(42, 84), with_labels=False, rand_augment=(3, 15), **kw)
     dm.setup("fit")
     assert dm.train_dataset[0]["image"].shape[-2:] == (28, 56)
     assert dm.val_dataset[0]["image"].shape[-2:] == (42, 84)
-    with pytest.raises(ValueError, match="rand_augment is for RGB-only training"):
-        PlaceDataModule(root=str(tiny_world), rand_augment=(3, 15))
+    # with labels: geometric RandAugment moves some label maps; photometric-only leaves every one as read
+    moved = {}
+    for geometric in (True, False):
+        dm = PlaceDataModule(with_labels=True, augment=False, rand_augment=(2, 15), rand_augment_geometric=geometric, **kw)
+        dm.setup("fit")
+        ds = dm.train_dataset
+        assert is_geometric(ds.bank.transform) is geometric
+        item = ds[0]
+        plain = torch.stack([dm.train_images[int(i)]["label"] for i in item["image_index"].flatten()])
+        moved[geometric] = int((item["label"].flatten(0, 1) != plain).flatten(1).any(1).sum())
+    assert moved[False] == 0 and moved[True] > 0
 
 
 def test_a_places_k_views_mix_its_query_and_database_visits():

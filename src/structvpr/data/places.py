@@ -10,14 +10,14 @@ apart and the multi-similarity loss never treats views of one location as negati
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from structvpr.data.datamodule import VPRDataModule
 from structvpr.data.datasets import ImageDataset
@@ -44,6 +44,17 @@ class Places:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, keep: np.ndarray) -> Places:
+        """The places where ``keep`` (``(num_places,)`` bool) is True; the others count as dropped."""
+        keep = np.asarray(keep, dtype=bool)
+        gone = [ids for ids, k in zip(self.images, keep) if not k]
+        return Places(
+            images=[ids for ids, k in zip(self.images, keep) if k],
+            group=self.group[keep],
+            dropped=self.dropped + len(gone),
+            dropped_images=self.dropped_images + int(sum(len(ids) for ids in gone)),
+        )
 
     def place_of(self, num_images: int) -> np.ndarray:
         """``(num_images,)`` place of every image, -1 for the images of dropped places."""
@@ -83,20 +94,33 @@ def utm_places(utm: np.ndarray, place_size_m: float, group_spacing: int, min_ima
     )
 
 
+def place_fold(place: int | np.ndarray, folds: int) -> Any:
+    """Fold of a place from its index among the kept places (sorted cells or ids): ``p % folds``.
+
+    Neighbouring places fall in different folds, so every fold covers the whole area. A teacher
+    trained with ``PlaceDataModule(place_folds=K, held_out_place_fold=k)`` never sees an image of
+    a fold-``k`` place; the same training images, ``place_size_m`` and ``images_per_place`` give
+    the same places, hence the same folds, in every run.
+    """
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    return np.asarray(place) % folds
+
+
 def labelled_places(place_ids: Sequence[Any], city: Sequence[str] | None, min_images: int) -> Places:
     """Places from given ids (GSV-Cities' ``place_id``), one group per city (in-city batches)."""
     key = [(c, p) for c, p in zip(city if city is not None else [""] * len(place_ids), place_ids)]
     index: dict[tuple[str, Any], list[int]] = {}
     for i, k in enumerate(key):
         index.setdefault(k, []).append(i)
-    cities = sorted({c for c, _ in index})
+    city_group = {c: g for g, c in enumerate(sorted({c for c, _ in index}))}
     images, group, dropped, dropped_images = [], [], 0, 0
     for (c, _), ids in index.items():
         if len(ids) < min_images:
             dropped, dropped_images = dropped + 1, dropped_images + len(ids)
             continue
         images.append(np.array(ids, dtype=np.int64))
-        group.append(cities.index(c))
+        group.append(city_group[c])
     return Places(images, np.array(group, dtype=np.int64), dropped, dropped_images)
 
 
@@ -146,7 +170,8 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
     - ``label``: ``(P, K, G, H, W)`` one-hot label maps, through the same joint transform (with labels);
     - ``place``: ``(P, K)`` int64 place ids (the metric loss's labels);
     - ``image_index``: ``(P, K)`` int64 ids in ``bank``;
-    - ``utm``: ``(P, K, 2)`` float64 coordinates.
+    - ``utm``: ``(P, K, 2)`` float64 coordinates;
+    - ``batch``: the batch's position in the epoch.
 
     A place's K views mix its query and database visits (:func:`epoch_batches`). One dataset
     item is one whole batch, so a distributed sampler hands every process other
@@ -180,6 +205,8 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
             f"{places.dropped} places ({places.dropped_images} images) with fewer dropped"
         )
         self._place_of = places.place_of(len(bank))
+        # The same for every epoch: a group contributes floor(places / P) batches whatever the shuffle.
+        self._num_batches = int(sum(n // places_per_batch for n in sizes))
         # database then queries in the bank: a place's K views mix both visits (None: one kind only)
         self._is_query = np.arange(len(bank)) >= bank.num_database if bank.num_queries and bank.num_database else None
         self._shared_epoch = torch.zeros(1, dtype=torch.long).share_memory_()
@@ -201,9 +228,13 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
             self._cached = (epoch, epoch_batches(self.places, p, k, self.seed, epoch, self._is_query))
         return self._cached[1]
 
+    @property
+    def place_of(self) -> np.ndarray:
+        """``(len(bank),)`` place of every training image (-1: a dropped place)."""
+        return self._place_of
+
     def __len__(self) -> int:
-        # The same for every epoch: a group contributes floor(places / P) batches whatever the shuffle.
-        return int(sum(n // self.places_per_batch for n in np.bincount(self.places.group)))
+        return self._num_batches
 
     def __getitem__(self, b: int) -> dict[str, Any]:
         ids = self.batches()[b]
@@ -218,12 +249,37 @@ class PlaceBatchDataset(Dataset[dict[str, Any]]):
             "image": torch.stack([v[0].as_subclass(torch.Tensor) for v in views]).view(*shape, *views[0][0].shape),
             "place": torch.from_numpy(place),
             "image_index": torch.from_numpy(ids.copy()),
+            "batch": torch.tensor(b),
             "utm": self.bank.utm[torch.from_numpy(ids.ravel())].view(*shape, 2),
         }
         if views[0][1] is not None:
             labels = [v[1] for v in views if v[1] is not None]
             item["label"] = torch.stack(labels).view(*shape, *labels[0].shape)
         return item
+
+
+class PlaceBatchSampler(DistributedSampler[int]):
+    """The epoch's place batches in order, process ``r`` of ``W`` taking batches ``r, r + W, r + 2W, ...``.
+
+    The batch order is already shuffled by :func:`epoch_batches`, so nothing is shuffled here; at
+    step ``t`` every process holds one of the batches ``t W .. t W + W - 1``, which is what lets
+    a distillation task and its weighting share one window of upcoming batches across processes
+    (:class:`~structvpr.tasks.PlaceDistillation`). Batches beyond the last full round of ``W`` are
+    left out, so every process runs the same number of steps. A ``DistributedSampler``, so
+    Lightning keeps it under DDP instead of putting its own shuffled one in its place.
+    """
+
+    def __init__(self, dataset: PlaceBatchDataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        import torch.distributed as dist
+
+        if num_replicas is None or rank is None:
+            ready = dist.is_available() and dist.is_initialized()
+            num_replicas = dist.get_world_size() if ready and num_replicas is None else (num_replicas or 1)
+            rank = dist.get_rank() if ready and rank is None else (rank or 0)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.num_samples * self.num_replicas, self.num_replicas))
 
 
 def _local_metres(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -258,6 +314,11 @@ class PlaceDataModule(VPRDataModule):
         gsv_cities_root: GSV-Cities root (``Dataframes/``, ``Images/``) to train on instead of the
             training split.
         gsv_cities: The GSV-Cities cities to train on (with ``gsv_cities_root``).
+        place_folds: Number of folds the places are split into (:func:`place_fold`); only used
+            with ``held_out_place_fold``.
+        held_out_place_fold: Train without the places of this fold: the fold teachers of
+            :class:`~structvpr.callbacks.PlaceWeighting` (``crossfit_teachers``), teacher ``k``
+            trained with ``held_out_place_fold=k``, rank only places they never saw.
         **kwargs: :class:`VPRDataModule` 's arguments (``root``, ``image_size``, ``val_benchmark``, ...);
             the triplet ones (``batch_size``, ``num_negatives``, radii, ``cache_queries``) are not read.
 
@@ -271,10 +332,20 @@ class PlaceDataModule(VPRDataModule):
         group_spacing: int = 3,
         gsv_cities_root: str | None = None,
         gsv_cities: list[str] | None = None,
+        place_folds: int = 1,
+        held_out_place_fold: int | None = None,
         **kwargs: Any,
     ) -> None:
         if (gsv_cities_root is None) != (gsv_cities is None):
             raise ValueError("give both gsv_cities_root and gsv_cities, or neither")
+        if place_folds < 1:
+            raise ValueError(f"place_folds must be >= 1, got {place_folds}")
+        if held_out_place_fold is not None and not 0 <= held_out_place_fold < place_folds:
+            raise ValueError(
+                f"held_out_place_fold must lie in 0 .. place_folds - 1 = {place_folds - 1}, got {held_out_place_fold}"
+            )
+        if kwargs.get("held_out_fold") is not None:
+            raise ValueError("place batches hold out places, not queries: use held_out_place_fold and place_folds")
         super().__init__(**kwargs)
         self.train_dataset: PlaceBatchDataset | None = None  # type: ignore[assignment]
 
@@ -298,6 +369,9 @@ class PlaceDataModule(VPRDataModule):
         else:
             bank = self._training_bank(*self._training_records())
             places = utm_places(bank.utm.numpy(), hp.place_size_m, hp.group_spacing, k)
+        if hp.held_out_place_fold is not None:
+            places = places.subset(place_fold(np.arange(len(places)), hp.place_folds) != hp.held_out_place_fold)
+            rank_zero_info(f"place batches: fold {hp.held_out_place_fold} of {hp.place_folds} held out")
         self.train_dataset = PlaceBatchDataset(bank, places, hp.places_per_batch, k, hp.seed)
 
     def train_dataloader(self) -> DataLoader[Any]:
@@ -306,4 +380,5 @@ class PlaceDataModule(VPRDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             self.train_dataset.set_epoch(trainer.current_epoch)
-        return self._loader(self.train_dataset, None)  # one item is one batch
+        # one item is one batch; process r of W takes batches r, r + W, ... (PlaceBatchSampler)
+        return self._loader(self.train_dataset, None, sampler=PlaceBatchSampler(self.train_dataset))

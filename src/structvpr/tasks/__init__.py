@@ -11,6 +11,8 @@ _EXPORTS = {
     "StructVPRStudent": "structvpr.tasks.student",
     "StructVPRDistillation": "structvpr.tasks.distill",
     "PlaceStudent": "structvpr.tasks.place",
+    "PlaceTeacher": "structvpr.tasks.place",
+    "PlaceDistillation": "structvpr.tasks.place_distill",
 }
 
 __all__ = list(_EXPORTS)
