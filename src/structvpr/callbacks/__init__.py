@@ -1,4 +1,4 @@
-"""Callbacks: mining, sample weighting, PCA-whitening, NetVLAD init, export, pictures, sub-epoch checkpoints."""
+"""Callbacks: mining, sample weighting (tuples, place batches), PCA-whitening, NetVLAD init, export, pictures, checkpoints."""
 
 from structvpr.callbacks.checkpoint import SubEpochCheckpoint
 from structvpr.callbacks.export import ExportStudent
@@ -6,6 +6,7 @@ from structvpr.callbacks.mining import HardNegativeMining
 from structvpr.callbacks.netvlad import InitNetVLAD
 from structvpr.callbacks.pca import FitPCAWhitening
 from structvpr.callbacks.pictures import RetrievalPictures
+from structvpr.callbacks.place_weighting import PlaceWeighting
 from structvpr.callbacks.predictions import PredictionWriter
 from structvpr.callbacks.weighting import SampleWeighting
 
@@ -14,6 +15,7 @@ __all__ = [
     "FitPCAWhitening",
     "HardNegativeMining",
     "InitNetVLAD",
+    "PlaceWeighting",
     "PredictionWriter",
     "RetrievalPictures",
     "SampleWeighting",

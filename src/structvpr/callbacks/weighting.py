@@ -333,20 +333,8 @@ class SampleWeighting(pl.Callback):
         return ranks.cpu()
 
     def _log(self, trainer: pl.Trainer, r_t: torch.Tensor, r_s: torch.Tensor, w: torch.Tensor, database_size: int) -> None:
-        groups = partition(r_t, r_s, self.tau)
-        stats: dict[str, float] = {}
-        for g, name in enumerate(GROUP_NAMES):
-            members = groups == g
-            stats[f"weighting/{name}_count"] = float(members.sum())
-            stats[f"weighting/{name}_mean_weight"] = float(w[members].mean()) if members.any() else 0.0
-        stats["weighting/mean_weight"] = float(w.mean())
-        stats["weighting/per_image"] = float(self.unit == "image")
-        stats["weighting/global_ranks"] = float(self.ranks == "global")
-        stats["weighting/rank_database_size"] = float(database_size)
-        self.last_stats = stats
-        for logger in trainer.loggers:
-            logger.log_metrics(stats, step=trainer.global_step)
-            _log_histogram(logger, "weighting/weights", w, trainer.global_step)
+        extra = {"per_image": float(self.unit == "image"), "global_ranks": float(self.ranks == "global")}
+        self.last_stats = log_weighting(trainer, r_t, r_s, w, self.tau, database_size, extra)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -361,6 +349,36 @@ class SampleWeighting(pl.Callback):
         self.student_ranks = state_dict["student_ranks"]
         self.subepoch = state_dict.get("subepoch", -1)
         self._global_teacher_ranks = state_dict.get("global_teacher_ranks")
+
+
+def log_weighting(
+    trainer: pl.Trainer,
+    r_t: torch.Tensor,
+    r_s: torch.Tensor,
+    w: torch.Tensor,
+    tau: int,
+    database_size: int,
+    extra: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Log group sizes, mean weight per group, the mean weight and a histogram of ``w``; returns the scalars.
+
+    Every weighting (per sub-epoch of tuples, per window of place batches) logs the same names:
+    ``weighting/{noisy,teachable,consistent}_{count,mean_weight}``, ``weighting/mean_weight``,
+    ``weighting/rank_database_size``, the ``extra`` ones and ``weighting/weights`` (histogram).
+    """
+    groups = partition(r_t, r_s, tau)
+    stats: dict[str, float] = {}
+    for g, name in enumerate(GROUP_NAMES):
+        members = groups == g
+        stats[f"weighting/{name}_count"] = float(members.sum())
+        stats[f"weighting/{name}_mean_weight"] = float(w[members].mean()) if members.any() else 0.0
+    stats["weighting/mean_weight"] = float(w.mean())
+    stats.update({f"weighting/{k}": v for k, v in (extra or {}).items()})
+    stats["weighting/rank_database_size"] = float(database_size)
+    for logger in trainer.loggers:
+        logger.log_metrics(stats, step=trainer.global_step)
+        _log_histogram(logger, "weighting/weights", w, trainer.global_step)
+    return stats
 
 
 def _positions(database: np.ndarray, ids: np.ndarray) -> np.ndarray:
