@@ -1,6 +1,6 @@
 """One training step of each modern config at its published size, against the bare model's forward and backward.
 
-For ``lightning_configs/modern/{mixvpr_resnet50,salad_dinov2,boq_resnet50,boq_dinov2}.yaml`` the model
+For ``lightning_configs/modern/{mixvpr_resnet50,salad_dinov2,boq_resnet50,boq_dinov2}/baseline.yaml`` the model
 is built from the config (random weights), a batch of P x K random images at the training size is
 put on the device, and two things are timed alternately (median of ``--steps``, after warm-up):
 the recipe's step (encode, multi-similarity miner and loss, backward, optimiser step, the
@@ -35,7 +35,7 @@ def _sync(device: torch.device) -> None:
 
 def measure(config: str, steps: int, quick: bool, device: torch.device) -> dict[str, Any]:
     overrides = ["--trainer.logger=false", "--trainer.precision=32-true"] if device.type == "cpu" else ["--trainer.logger=false"]
-    cli = cli_main(["--config", str(ROOT / f"lightning_configs/modern/{config}.yaml"), *overrides], run=False)
+    cli = cli_main(["--config", str(ROOT / f"lightning_configs/modern/{config}/baseline.yaml"), *overrides], run=False)
     model, data = cli.model.to(device), cli.datamodule.hparams
     p, k = (4, 4) if quick else (data.places_per_batch, data.images_per_place)
     h, w = data.image_size

@@ -3,7 +3,7 @@
 Per seed ``s``: the demo world generated with seed ``s``; the triplet baseline
 (``lightning_configs/synthetic/baseline.yaml``: mined triplets, 8 sub-epochs) is trained and its
 training wall time ``T`` (the fit loop, mining and validation included) measured by Lightning's
-``Timer``; then the modern recipe (``lightning_configs/modern/synthetic.yaml``, the same small
+``Timer``; then the modern recipe (``lightning_configs/modern/synthetic/baseline.yaml``, the same small
 CNN + GeM and input size) trains until its own fit loop has run ``T`` seconds. Each is selected
 by its best val R@1 and tested on the test split (160 queries). Both use ``seed_everything=s``
 and ``data.seed=s``. Writes JSON with every run and the paired differences.
@@ -77,7 +77,7 @@ def main() -> None:
             synthetic.generate(world, "demo", seed)
         triplet = _run("lightning_configs/synthetic/baseline.yaml", world, seed, ns.work / f"triplet{seed}", [], None)
         modern = _run(
-            "lightning_configs/modern/synthetic.yaml",
+            "lightning_configs/modern/synthetic/baseline.yaml",
             world,
             seed,
             ns.work / f"modern{seed}",

@@ -89,7 +89,7 @@ def test_cli_fits_the_synthetic_modern_config_and_exports_a_plain_student(tiny_w
         [
             "fit",
             "--config",
-            str(repo_root / "lightning_configs/modern/synthetic.yaml"),
+            str(repo_root / "lightning_configs/modern/synthetic/baseline.yaml"),
             f"--data.init_args.root={tiny_world}",
             "--data.init_args.image_size=[32, 64]",
             "--data.init_args.num_workers=0",
@@ -127,7 +127,7 @@ def test_published_modern_configs_build_the_reference_models(config, dim, agg_pa
     cli = cli_main(
         [
             "--config",
-            str(repo_root / f"lightning_configs/modern/{config}.yaml"),
+            str(repo_root / f"lightning_configs/modern/{config}/baseline.yaml"),
             "--trainer.precision=32-true",
             "--trainer.accelerator=cpu",
             "--trainer.logger=false",
@@ -163,7 +163,7 @@ def test_two_process_ddp_takes_whole_other_batches_and_all_gathers_the_loss(tiny
         "structvpr",
         "fit",
         "--config",
-        str(repo_root / "lightning_configs/modern/synthetic.yaml"),
+        str(repo_root / "lightning_configs/modern/synthetic/baseline.yaml"),
         f"--data.init_args.root={tiny_world}",
         "--data.init_args.image_size=[32, 64]",
         "--data.init_args.num_workers=0",
