@@ -13,9 +13,12 @@ after warm-up) in four ways:
   images (the cache, ``window_teacher``) and the weighting's student pass plus the two rank searches
   (``window_weighting``).
 
-Ratios to ``baseline`` are what to read (these machines are shared and noisy). Writes JSON.
+Ratios to ``baseline`` are what to read (these machines are shared and noisy). On a GPU the batch is
+the config's own (P x K at the training size) under bf16 autocast; on a CPU, or with ``--quick``, the
+cut-down sizes of ``CPU_SIZES`` in float32. Writes JSON.
 
     python benchmarks/place_distill_step.py [--models synthetic boq_resnet50] [--out benchmarks/results/place_distill_step.json]
+    python benchmarks/place_distill_step.py --models mixvpr_resnet50 salad_dinov2 boq_resnet50 boq_dinov2   # on a GPU
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from structvpr.models.teacher_student import TeacherStudent
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Batch and image size per model on a CPU (the synthetic config's own; the others cut down).
-CPU_SIZES = {"synthetic": None, "boq_resnet50": (4, 4, 128, 128), "mixvpr_resnet50": (4, 2, 320, 320)}
+CPU_SIZES = {
+    "synthetic": None,
+    "boq_resnet50": (4, 4, 128, 128),
+    "mixvpr_resnet50": (4, 2, 320, 320),  # MixVPR's map size is fixed
+    "salad_dinov2": (4, 4, 126, 126),  # 9 x 9 patches: more than SALAD's 64 clusters
+    "boq_dinov2": (4, 4, 126, 126),
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -51,14 +60,14 @@ def _build(model: str, stage: str, device: torch.device) -> Any:
     return cli_main(args, run=False)
 
 
-def measure(model: str, steps: int, bank_batches: int, device: torch.device) -> dict[str, Any]:
+def measure(model: str, steps: int, bank_batches: int, device: torch.device, quick: bool = False) -> dict[str, Any]:
     cli = _build(model, "baseline", device)
     student = cli.model.to(device)
     teacher = _build(model, "teacher", device).model.encoder.to(device)
     data = cli.datamodule.hparams
     p, k = data.places_per_batch, data.images_per_place
     h, w = data.image_size
-    if device.type == "cpu" and CPU_SIZES.get(model) is not None:
+    if (device.type == "cpu" or quick) and CPU_SIZES.get(model) is not None:
         p, k, h, w = CPU_SIZES[model]
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(p, k, 3, h, w, generator=gen).to(device)
@@ -71,13 +80,16 @@ def measure(model: str, steps: int, bank_batches: int, device: torch.device) -> 
     student.train()
     pair.teacher.eval()
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
     def step(targets: Any) -> None:
         optimiser.zero_grad(set_to_none=True)
-        if targets is None:
-            loss = student.metric_loss(student.encoder.pooled(images.flatten(0, 1)), places)
-        else:
-            desc, distill = pair.distillation(images, targets() if callable(targets) else targets)
-            loss = student.metric_loss(desc.flatten(0, 1), places) + distill.mean()
+        with autocast:
+            if targets is None:
+                loss = student.metric_loss(student.encoder.pooled(images.flatten(0, 1)), places)
+            else:
+                desc, distill = pair.distillation(images, targets() if callable(targets) else targets)
+                loss = student.metric_loss(desc.flatten(0, 1).float(), places) + distill.float().mean()
         loss.backward()
         optimiser.step()
 
@@ -88,14 +100,16 @@ def measure(model: str, steps: int, bank_batches: int, device: torch.device) -> 
 
     @torch.no_grad()
     def window_teacher() -> None:
-        for _ in range(reps):
-            pair.teacher_tuples(maps)
+        with autocast:
+            for _ in range(reps):
+                pair.teacher_tuples(maps)
 
     @torch.no_grad()
     def window_weighting() -> None:
         was = student.training
         student.eval()
-        desc = torch.cat([student.encoder.pooled(images.flatten(0, 1)) for _ in range(reps)])
+        with autocast:
+            desc = torch.cat([student.encoder.pooled(images.flatten(0, 1)).float() for _ in range(reps)])
         student.train(was)
         teacher_desc = held.flatten(0, 1).repeat(reps, 1)
         window_ranks(desc.cpu(), positives, 100)
@@ -120,8 +134,9 @@ def measure(model: str, steps: int, bank_batches: int, device: torch.device) -> 
     med = {name: statistics.median(t) for name, t in times.items()}
     base = med["baseline"]
     per_window = {"window_teacher": med["window_teacher"] / reps, "window_weighting": med["window_weighting"] / reps}
-    return {
+    out = {
         "batch": f"{p} x {k} at {h}x{w}",
+        "precision": "bf16 autocast" if device.type == "cuda" else "32-true",
         "bank_batches": bank_batches,
         "baseline_step_s": round(base, 4),
         "ratio_distill_cached": round(med["distill_cached"] / base, 3),
@@ -135,6 +150,10 @@ def measure(model: str, steps: int, bank_batches: int, device: torch.device) -> 
         "ratio_cached_with_weighting": round((med["distill_cached"] + sum(per_window.values())) / base, 3),
         "ratio_online_with_weighting": round((med["distill_online"] + sum(per_window.values())) / base, 3),
     }
+    if device.type == "cuda":
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats()
+    return out
 
 
 def main() -> None:
@@ -142,6 +161,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["synthetic", "boq_resnet50"])
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--bank-batches", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="the cut-down CPU sizes on any device")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default="benchmarks/results/place_distill_step.json")
     ns = parser.parse_args()
@@ -153,7 +173,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     for model in ns.models:
-        results[model] = measure(model, ns.steps, ns.bank_batches, device)
+        results[model] = measure(model, ns.steps, ns.bank_batches, device, ns.quick)
         print(model, json.dumps(results[model]), flush=True)
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(results, indent=1) + "\n")

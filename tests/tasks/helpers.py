@@ -93,12 +93,22 @@ class RecordPlaceBatches(pl.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
         self.places: list[list[int]] = []
+        self.batches: list[int] = []
+        self.window_images = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.places.append(sorted(batch["place"][:, 0].tolist()))
+        self.batches.append(int(batch["batch"]))
+        if hasattr(pl_module, "window_ids") and batch_idx % pl_module.hp.bank_batches == 0:
+            self.window_images += len(pl_module.window_ids(batch_idx)[1])
 
     def on_train_end(self, trainer, pl_module):
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         weights = torch.cat([p.detach().flatten() for p in pl_module.encoder.parameters()])
         record = {"places": self.places, "loss": type(pl_module.loss_fn).__name__, "weights": weights}
+        if hasattr(pl_module, "image_weights"):  # a PlaceDistillation: its weights and teacher-bank work too
+            record["image_weights"] = pl_module.image_weights.detach().cpu()
+            record["teacher_encoded"] = pl_module.banks["teacher"].images_encoded
+            record["batches"] = self.batches
+            record["window_images"] = self.window_images
         torch.save(record, Path(self.out_dir) / f"places_rank{trainer.global_rank}.pt")

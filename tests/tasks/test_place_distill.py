@@ -251,3 +251,47 @@ def test_the_published_distill_config_builds_on_a_teacher_checkpoint(repo_root, 
     task = cli.model
     assert isinstance(task, PlaceDistillation) and task.encoder.pooled_dim == task.teacher.pooled_dim == 4096
     assert any(isinstance(c, PlaceWeighting) for c in cli.trainer.callbacks) and cli.datamodule.hparams.with_labels
+
+
+@pytest.mark.slow
+def test_two_process_ddp_distillation_shares_each_window_and_weights_identically(place_teacher, tiny_world, tmp_path, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
+    args = [
+        sys.executable,
+        "-m",
+        "structvpr",
+        "fit",
+        "--config",
+        str(repo_root / "lightning_configs/modern/synthetic/distill.yaml"),
+        f"--model.init_args.teacher_ckpt={place_teacher}",
+        "--model.init_args.bank_batches=2",
+        f"--data.init_args.root={tiny_world}",
+        "--data.init_args.image_size=[32, 64]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.places_per_batch=2",
+        "--data.init_args.images_per_place=2",
+        "--data.init_args.place_size_m=8",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=tests.tasks.helpers.RecordPlaceBatches",
+        f"--trainer.callbacks.out_dir={tmp_path / 'places'}",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / "places" / f"places_rank{r}.pt") for r in range(2))
+    # step t: rank r trains batch 2t + r, so every window of 2 steps holds 4 batches of both processes
+    assert r0["batches"] == list(range(0, 2 * len(r0["batches"]), 2)) and r1["batches"] == [b + 1 for b in r0["batches"]]
+    assert torch.equal(r0["weights"], r1["weights"])  # one model
+    assert torch.equal(r0["image_weights"], r1["image_weights"]) and not torch.all(r0["image_weights"] == 1)
+    # each process encoded its share of every window's images for the teacher (the other share all-gathered)
+    assert r0["window_images"] == r1["window_images"] > 0
+    assert r0["teacher_encoded"] + r1["teacher_encoded"] == r0["window_images"]
