@@ -46,8 +46,8 @@ from report_evidence import paired
 from structvpr.pipeline import best_checkpoint, fit_stage, test_stage
 
 CONFIGS = Path("lightning_configs/modern/synthetic")
-TEACHER_EPOCHS = 30
-BASE_EPOCHS, CONT_EPOCHS = 30, 10
+TEACHER_EPOCHS = 20
+BASE_EPOCHS, CONT_EPOCHS = 50, 15
 TUNE_SEED = 100
 LAMBDAS = (1.0, 3.0, 10.0)
 ROWS = ("lambda0", "uniform", "weighted", "random_teacher")
