@@ -216,6 +216,14 @@ def test_the_synthetic_modern_trio_runs_from_the_cli_teacher_baseline_then_weigh
     assert len(weighting.history) == -(-steps // 2)  # one weighting per window of 2 steps
     last = weighting.history[-1]
     assert torch.equal(task.image_weights[torch.from_numpy(last["image_ids"])], torch.from_numpy(last["weights"]))
+    # The teacher's own hyper-parameters are saved, not the CLI's (those of the distillation task) ...
+    saved = task.hparams["teacher_hparams"]
+    assert saved["num_groups"] == 5 and "teacher_ckpt" not in saved and "in_chans" in saved
+    # ... so `structvpr test` rebuilds the teacher from the distilled checkpoint alone.
+    distilled = cli.trainer.checkpoint_callback.best_model_path
+    test = ["test", "--config", str(configs / "distill.yaml"), *common, f"--ckpt_path={distilled}"]
+    cli = cli_main([*test, f"--trainer.default_root_dir={tmp_path / 'test'}"])
+    assert set(cli.model.test_results) >= {"R@1", "R@5"} and 0 <= cli.model.test_results["R@1"] <= 100
     with pytest.raises(ValueError, match="teacher_ckpt is required"):
         cli_main(["--config", str(configs / "distill.yaml"), *common], run=False)
 

@@ -225,9 +225,18 @@ def load_teacher(
         raise ValueError("teacher_ckpt is required: the teacher checkpoint to distil from")
     _check_teacher_class(teacher_ckpt, teacher_input)
     loaded = teacher_cls.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
+    # From the file, not ``loaded.hparams``: built inside a task that LightningCLI instantiates, the
+    # teacher's save_hyperparameters records the CLI's hyper-parameters (those of the distillation task).
+    hparams = read_checkpoint(teacher_ckpt).get("hyper_parameters", {})
     params = inspect.signature(teacher_cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    saved = {k: v for k, v in loaded.hparams.items() if (k in params or takes_any) and not k.startswith("_")}
+    # Objects given as {class_path, init_args} (the loss and miner) train the teacher, which stays frozen
+    # here; left in, LightningCLI would instantiate them when it reads the checkpoint back.
+    saved = {
+        k: v
+        for k, v in hparams.items()
+        if (k in params or takes_any) and not k.startswith("_") and not (isinstance(v, dict) and "class_path" in v)
+    }
     return loaded.encoder, saved
 
 
