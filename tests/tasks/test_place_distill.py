@@ -303,3 +303,74 @@ def test_two_process_ddp_distillation_shares_each_window_and_weights_identically
     # each process encoded its share of every window's images for the teacher (the other share all-gathered)
     assert r0["window_images"] == r1["window_images"] > 0
     assert r0["teacher_encoded"] + r1["teacher_encoded"] == r0["window_images"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["baseline", "distill"])
+def test_kill_9_mid_epoch_on_place_batches_then_resume_equals_the_uninterrupted_run(
+    stage, place_teacher, tiny_world, tmp_path, repo_root
+):
+    """The sampler, augmentation, teacher windows and per-image weights all resume exactly after a SIGKILL."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "WANDB_MODE": "offline"}
+    base = [
+        sys.executable,
+        "-m",
+        "structvpr",
+        "fit",
+        "--config",
+        str(repo_root / f"lightning_configs/modern/synthetic/{stage}.yaml"),
+        f"--data.init_args.root={tiny_world}",
+        "--data.init_args.image_size=[32, 64]",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.places_per_batch=3",
+        "--data.init_args.images_per_place=2",
+        "--data.init_args.place_size_m=8",
+        "--trainer.max_epochs=3",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+    ]
+    if stage == "distill":
+        pl.seed_everything(0)
+        start = PlaceStudent()
+        trainer = _trainer(tmp_path / "start", max_steps=1)
+        trainer.fit(start, datamodule=_dm(tiny_world, with_labels=False))
+        trainer.save_checkpoint(tmp_path / "start.ckpt")
+        base += [
+            f"--model.init_args.teacher_ckpt={place_teacher}",
+            f"--model.init_args.student_ckpt={tmp_path / 'start.ckpt'}",
+            "--model.init_args.bank_batches=2",  # windows of 2 steps: the kill falls inside the first
+        ]
+
+    def run(folder, *extra):
+        return subprocess.run(
+            [*base, f"--trainer.default_root_dir={folder}", *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=repo_root,
+            timeout=600,
+        )
+
+    whole = run(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run(
+        tmp_path / "killed",
+        "--trainer.callbacks+=tests.tasks.helpers.KillAt",
+        "--trainer.callbacks.epoch=1",
+        "--trainer.callbacks.batch=1",
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]  # mid-epoch 1: last.ckpt holds the end of epoch 0
+    resumed = run(tmp_path / "killed", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finals = [torch.load(tmp_path / f / "checkpoints" / "last.ckpt", weights_only=True) for f in ("whole", "killed")]
+    assert finals[0]["global_step"] == finals[1]["global_step"] > 0
+    assert finals[0]["state_dict"].keys() == finals[1]["state_dict"].keys()
+    for key, value in finals[0]["state_dict"].items():
+        torch.testing.assert_close(finals[1]["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    if stage == "distill":  # the last window's weights are not all 1: the weighting ran, and resumed alike
+        weights = finals[1]["state_dict"]["image_weights"]
+        assert weights.numel() > 0 and not torch.allclose(weights, torch.ones_like(weights))
