@@ -166,16 +166,22 @@ def run_row(work: Path, seed: int, row: str, lam: float) -> dict[str, Any]:
     return result
 
 
-def chosen_lambda(work: Path) -> float:
-    """The lambda of uniform distillation with the best val R@1 on the tuning world (ties: the smallest)."""
+def chosen_lambda(work: Path, fixed: float | None = None) -> float:
+    """The lambda of uniform distillation with the best val R@1 on the tuning world (ties: the smallest).
+
+    ``fixed`` (``--lambda``) skips the tuning world's files: for a rerun with a lambda chosen by an
+    earlier ``tune`` whose work folder is gone; the report then says so instead of quoting the grid.
+    """
+    if fixed is not None:
+        return fixed
     scores = {
         lam: read_json(world_dir(work, TUNE_SEED) / "place_uniform" / f"lam{lam:g}" / "result.json")["val"] for lam in LAMBDAS
     }
     return max(LAMBDAS, key=lambda lam: (scores[lam], -lam))
 
 
-def report(work: Path, worlds: tuple[int, ...], out_prefix: Path) -> dict[str, Any]:
-    lam = chosen_lambda(work)
+def report(work: Path, worlds: tuple[int, ...], out_prefix: Path, fixed: float | None = None) -> dict[str, Any]:
+    lam = chosen_lambda(work, fixed)
     table: dict[str, dict[str, float]] = {}
     for seed in worlds:
         base = world_dir(work, seed) / "place_baseline" / "result.json"
@@ -198,9 +204,12 @@ def report(work: Path, worlds: tuple[int, ...], out_prefix: Path) -> dict[str, A
             "base_epochs": BASE_EPOCHS,
             "cont_epochs": CONT_EPOCHS,
             "lambda": lam,
+            "lambda_fixed_by_flag": fixed is not None,
             "lambdas_tried": list(LAMBDAS),
         },
-        "tuning_val_R@1": {
+        "tuning_val_R@1": None
+        if fixed is not None
+        else {
             f"{x:g}": read_json(world_dir(work, TUNE_SEED) / "place_uniform" / f"lam{x:g}" / "result.json")["val"]
             for x in LAMBDAS
         },
@@ -220,7 +229,12 @@ def report(work: Path, worlds: tuple[int, ...], out_prefix: Path) -> dict[str, A
         "",
         f"Powered preset (2,000 test queries), label noise 0.3, {len(done)} worlds; teacher {TEACHER_EPOCHS} epochs, "
         f"baseline {BASE_EPOCHS} + {CONT_EPOCHS} epochs, every row selected by val R@1 over the last {CONT_EPOCHS}; "
-        f"lambda {lam:g} (chosen on the tuning world's val among {', '.join(f'{x:g}' for x in LAMBDAS)}).",
+        f"lambda {lam:g} "
+        + (
+            "(fixed with --lambda, from an earlier tuning run; its files are not in this work folder)."
+            if fixed is not None
+            else f"(chosen on the tuning world's val among {', '.join(f'{x:g}' for x in LAMBDAS)})."
+        ),
         "",
         "| row | test R@1 (mean +- 95% t) |",
         "|---|---|",
@@ -248,6 +262,7 @@ def main() -> None:
     parser.add_argument("--worlds", default="0-7")
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--out", default="benchmarks/results/evidence_place")
+    parser.add_argument("--lambda", dest="lam", type=float, default=None, help="skip the tuning world: use this lambda")
     ns = parser.parse_args()
     work = Path(ns.work)
     if ns.phase == "prepare":  # teachers and baselines, one world per job
@@ -258,12 +273,12 @@ def main() -> None:
         for lam in LAMBDAS:
             run_row(work, TUNE_SEED, "uniform", lam)
     elif ns.phase == "rows":  # whole worlds per shard, so two shards never build one world's teacher
-        lam = chosen_lambda(work)
+        lam = chosen_lambda(work, ns.lam)
         for seed in shard(list(world_range(ns.worlds)), ns.shard):
             for row in ROWS:
                 run_row(work, seed, row, lam)
     else:
-        report(work, world_range(ns.worlds), Path(ns.out))
+        report(work, world_range(ns.worlds), Path(ns.out), ns.lam)
 
 
 if __name__ == "__main__":
